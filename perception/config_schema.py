@@ -1,0 +1,218 @@
+"""Typed schema of an experiment config (the YAML files under ``configs/``).
+
+Every section is a frozen pydantic model with ``extra="forbid"``, so an unknown or misspelt key is an error, and
+scalars are strict (``max_sweeps: "10"`` or ``use_cameras: 1`` are rejected rather than coerced). Later issues add
+sections (model, optimizer, training) as more nested models on :class:`ExperimentConfig`.
+
+Paths: fields typed :data:`ConfigPath` are resolved against the directory of the config file that wrote them
+(passed as ``context={"base_dir": ...}`` to ``model_validate``; :mod:`perception.config` does this), never
+against the working directory. After validation they are absolute, normalised :class:`pathlib.Path` objects.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationInfo,
+    model_validator,
+)
+
+
+class _PathMarker:
+    """Annotation marker that tags a field as a config-relative path (found by :func:`path_field_keys`)."""
+
+    def __repr__(self) -> str:
+        return "ConfigPathMarker"
+
+
+PATH_MARKER = _PathMarker()
+
+
+def _reject_empty(value: Any) -> Any:
+    """``Path("")`` is ``Path(".")``: refuse empty strings instead of silently meaning "the config folder"."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("path must not be empty (write '.' for the config file's own folder)")
+    return value
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """Make ``value`` absolute against ``info.context["base_dir"]`` (the config file's directory)."""
+    value = value.expanduser()
+    if not value.is_absolute():
+        base_dir = (info.context or {}).get("base_dir")
+        if base_dir is None:
+            raise ValueError(
+                f"relative path {str(value)!r} needs the config file's directory to resolve against "
+                "(pass base_dir=...)"
+            )
+        value = Path(base_dir) / value
+    return Path(os.path.normpath(value))
+
+
+ConfigPath = Annotated[Path, BeforeValidator(_reject_empty), AfterValidator(_resolve_path), PATH_MARKER]
+"""A filesystem path; relative values resolve against the config file's directory. Absolute after loading."""
+
+Float = Annotated[float, Strict()]  # strict: accepts int and float, rejects str and bool
+PositiveFloat = Annotated[float, Strict(), Field(gt=0)]
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict(), Field(min_length=1)]
+
+NUSCENES_VERSIONS = ("v1.0-mini", "v1.0-trainval", "v1.0-test")
+GRID_TOLERANCE = 1e-4
+"""Metres: how far ``point_cloud_range`` extents may be from an integer multiple of ``voxel_size``."""
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys forbidden, immutable, no NaN/inf floats."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class DataConfig(_Section):
+    """Dataset and voxel grid.
+
+    Attributes:
+        dataset: ``"nuscenes"`` or ``"kitti"``.
+        root: dataset root folder (the nuScenes dataroot, or the KITTI folder holding ``training/``).
+        version: nuScenes version (``v1.0-mini``, ``v1.0-trainval``, ``v1.0-test``); ignored for KITTI.
+        class_names: detection classes, non-empty and unique; label ``i`` is ``class_names[i]``.
+        point_cloud_range: metres, LiDAR frame, ``(x_min, y_min, z_min, x_max, y_max, z_max)``, min < max.
+        voxel_size: metres, ``(vx, vy, vz)``, each > 0; every range extent is an integer multiple of it
+            (within :data:`GRID_TOLERANCE`).
+        max_sweeps: LiDAR sweeps per sample including the keyframe (nuScenes: usually 10; KITTI: 1).
+        use_cameras: load camera images and calibration alongside the points.
+    """
+
+    dataset: Literal["nuscenes", "kitti"]
+    root: ConfigPath
+    version: Str | None = None
+    class_names: tuple[Str, ...] = Field(min_length=1)
+    point_cloud_range: tuple[Float, Float, Float, Float, Float, Float]
+    voxel_size: tuple[PositiveFloat, PositiveFloat, PositiveFloat]
+    max_sweeps: Int = Field(default=1, ge=1)
+    use_cameras: Bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        duplicates = sorted({c for c in self.class_names if self.class_names.count(c) > 1})
+        if duplicates:
+            raise ValueError(f"class_names must be unique, repeated: {duplicates}")
+        if self.dataset == "nuscenes" and self.version not in NUSCENES_VERSIONS:
+            raise ValueError(
+                f"version must be one of {list(NUSCENES_VERSIONS)} for nuscenes, got {self.version!r}"
+            )
+        lo, hi = self.point_cloud_range[:3], self.point_cloud_range[3:]
+        for axis, a, b, v in zip("xyz", lo, hi, self.voxel_size, strict=True):
+            if not a < b:
+                raise ValueError(f"point_cloud_range: {axis}_min ({a}) must be < {axis}_max ({b})")
+            n = round((b - a) / v)
+            if n < 1 or abs((b - a) - n * v) > GRID_TOLERANCE:
+                raise ValueError(
+                    f"point_cloud_range {axis} extent {b - a:g} m is not an integer multiple of "
+                    f"voxel_size {v:g} m (within {GRID_TOLERANCE:g} m)"
+                )
+        return self
+
+    @property
+    def grid_shape(self) -> tuple[int, int, int]:
+        """Voxel grid size ``(nz, ny, nx)`` (DESIGN order ``[z, y, x]``)."""
+        r, v = self.point_cloud_range, self.voxel_size
+        nx, ny, nz = (round((r[i + 3] - r[i]) / v[i]) for i in range(3))
+        return (nz, ny, nx)
+
+
+class SyntheticDataConfig(_Section):
+    """How to generate a synthetic dataset into ``data.root`` when that folder does not exist.
+
+    Passed to :mod:`perception.datasets.synthetic`, which validates the values in depth; here only types and
+    obvious bounds are checked.
+    """
+
+    format: Literal["nuscenes", "kitti"]
+    version: Literal["v1.0-mini", "v1.0-trainval"] = "v1.0-mini"
+    scenes: Int = Field(default=10, ge=1)
+    samples: Int = Field(default=10, ge=1, description="keyframes per scene")
+    sweeps: Int = Field(default=9, ge=0, description="non-keyframe sweeps between keyframes")
+    cameras: Literal["all", "front", "none"] = "all"
+    seed: Int = 0
+
+
+class ExperimentConfig(_Section):
+    """A whole experiment.
+
+    Attributes:
+        data: dataset and voxel grid.
+        synthetic: if set, a synthetic dataset of ``data.dataset``'s format is generated into ``data.root``
+            when it is missing.
+        output_root: folder under which runs write ``<config-stem>/<extra-tag>/``. Like every path it resolves
+            against the config file's directory, not the working directory (the shipped configs use
+            ``../output``, i.e. ``<repo>/output``); default ``output`` beside the config file.
+    """
+
+    data: DataConfig
+    synthetic: SyntheticDataConfig | None = None
+    output_root: ConfigPath = Field(default=Path("output"), validate_default=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        s = self.synthetic
+        if s is not None:
+            if s.format != self.data.dataset:
+                raise ValueError(
+                    f"synthetic.format ({s.format!r}) must equal data.dataset ({self.data.dataset!r})"
+                )
+            if s.format == "nuscenes" and s.version != self.data.version:
+                raise ValueError(
+                    f"synthetic.version ({s.version!r}) must equal data.version ({self.data.version!r})"
+                )
+        return self
+
+
+def _has_path_marker(annotation: Any) -> bool:
+    """True if ``annotation`` (possibly nested in Optional / list / tuple) contains :data:`ConfigPath`."""
+    if any(m is PATH_MARKER for m in getattr(annotation, "__metadata__", ())):
+        return True
+    return any(_has_path_marker(a) for a in getattr(annotation, "__args__", ()) or ())
+
+
+def _section_types(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models inside ``annotation`` (``Model`` or ``Model | None``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [t for a in getattr(annotation, "__args__", ()) or () for t in _section_types(a)]
+
+
+def path_field_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted keys of every :data:`ConfigPath` field of ``model`` and its nested sections.
+
+    A field holding a list of paths is listed once (its value is then a list of path strings). Paths inside
+    ``dict`` values are not supported.
+    """
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        if any(m is PATH_MARKER for m in field.metadata) or _has_path_marker(field.annotation):
+            keys.append(prefix + name)
+        for sub in _section_types(field.annotation):
+            keys.extend(path_field_keys(sub, prefix + name + "."))
+    return keys
+
+
+def section_at(model: type[BaseModel], keys: list[str]) -> type[BaseModel] | None:
+    """The section model reached by following ``keys`` from ``model`` (None if that is not a section)."""
+    for key in keys:
+        field = model.model_fields.get(key)
+        subs = _section_types(field.annotation) if field is not None else []
+        if not subs:
+            return None
+        model = subs[0]
+    return model
