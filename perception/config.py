@@ -25,14 +25,14 @@ import copy
 import difflib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from perception.config_schema import ExperimentConfig, path_field_keys, section_at
+from perception.config_schema import ExperimentConfig, map_path_values, section_at
 
 __all__ = [
     "ConfigError",
@@ -88,7 +88,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 (safe loader)
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # a SafeLoader subclass
     except (yaml.YAMLError, ConfigError) as exc:
         raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
@@ -116,7 +116,7 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
         if key.split(".")[0] == BASE_KEY:
             raise ConfigError(f"--set {item!r}: '{BASE_KEY}' is only allowed in a config file")
         try:
-            value = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (safe loader)
+            value = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
         except (yaml.YAMLError, ConfigError) as exc:
             raise ConfigError(
                 f"--set {item!r}: value {text!r} is not valid YAML: {_yaml_problem(exc)}"
@@ -143,24 +143,7 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _map_paths(tree: dict[str, Any], fn: Any) -> dict[str, Any]:
-    """Apply ``fn`` to the string value(s) at every path field of the schema present in ``tree`` (in place)."""
-    for dotted in path_field_keys(ExperimentConfig):
-        *parents, leaf = dotted.split(".")
-        node: Any = tree
-        for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or leaf not in node:
-            continue
-        value = node[leaf]
-        if isinstance(value, str | os.PathLike):
-            node[leaf] = fn(os.fspath(value))
-        elif isinstance(value, list):
-            node[leaf] = [fn(os.fspath(v)) if isinstance(v, str | os.PathLike) else v for v in value]
-    return tree
-
-
-def _absolute(base_dir: Path) -> Any:
+def _absolute(base_dir: Path) -> Callable[[str], str]:
     def fn(p: str) -> str:
         q = Path(p).expanduser()
         return p if not p.strip() else os.path.normpath(q if q.is_absolute() else base_dir / q)
@@ -253,7 +236,7 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
             )
         _record(base, str(base_path), prov)
         _record(data, str(path), prov)
-        data = _merge(_map_paths(base, _absolute(base_path.parent)), data)
+        data = _merge(map_path_values(ExperimentConfig, base, _absolute(base_path.parent)), data)
         what = f"{path} (base {base_path})"
     else:
         _record(data, str(path), prov)
@@ -267,12 +250,17 @@ def config_to_dict(
     """Plain dict (str/int/float/bool/list/None/dict) of ``cfg``, e.g. to store inside a checkpoint.
 
     Args:
-        relative_to: if given, path fields are written relative to this folder; otherwise absolute.
+        relative_to: if given, path fields are written relative to this folder (unless they share nothing but
+            the filesystem root with it); otherwise absolute.
     """
     data = cfg.model_dump(mode="json")
     if relative_to is not None:
         start = os.path.abspath(relative_to)
-        _map_paths(data, lambda p: os.path.relpath(p, start))
+
+        def rel(p: str) -> str:  # paths sharing only the filesystem root with ``start`` stay absolute
+            return p if os.path.commonpath([p, start]) == Path(p).anchor else os.path.relpath(p, start)
+
+        map_path_values(ExperimentConfig, data, rel)
     return data
 
 
@@ -295,7 +283,7 @@ def save_config(cfg: ExperimentConfig, path: str | os.PathLike[str], *, relative
 
     Args:
         relative_paths: write path fields relative to ``path``'s folder (portable when moved together with the
-            data); ``False`` writes absolute paths.
+            data; paths sharing only the filesystem root with it stay absolute); ``False`` writes absolute paths.
 
     Returns:
         the absolute path written.
@@ -305,9 +293,18 @@ def save_config(cfg: ExperimentConfig, path: str | os.PathLike[str], *, relative
     data = config_to_dict(cfg, relative_to=path.parent if relative_paths else None)
     header = "# Resolved experiment config (perception.config.save_config)"
     header += "; relative paths are relative to this file's folder.\n" if relative_paths else ".\n"
-    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True)
+    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
     path.write_text(header + text, encoding="utf-8")
     return path
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block-style mappings, one-line lists (``voxel_size: [0.1, 0.1, 0.2]``)."""
+
+
+_Dumper.add_representer(
+    list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True)
+)
 
 
 def _override_arg(text: str) -> str:

@@ -12,6 +12,7 @@ against the working directory. After validation they are absolute, normalised :c
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -205,6 +206,27 @@ def path_field_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
         for sub in _section_types(field.annotation):
             keys.extend(path_field_keys(sub, prefix + name + "."))
     return keys
+
+
+def map_path_values(model: type[BaseModel], tree: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
+    """Apply ``fn`` in place to the raw value(s) of every path field of ``model`` present in the dict ``tree``.
+
+    Used on raw (unvalidated) config dicts: a string or ``os.PathLike`` value is replaced by ``fn(str)``; in a
+    list, each string item is; anything else (wrong types) is left for validation to report.
+    """
+    for dotted in path_field_keys(model):
+        *parents, leaf = dotted.split(".")
+        node: Any = tree
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node[leaf]
+        if isinstance(value, str | os.PathLike):
+            node[leaf] = fn(os.fspath(value))
+        elif isinstance(value, list):
+            node[leaf] = [fn(os.fspath(v)) if isinstance(v, str | os.PathLike) else v for v in value]
+    return tree
 
 
 def section_at(model: type[BaseModel], keys: list[str]) -> type[BaseModel] | None:

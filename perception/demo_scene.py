@@ -1,0 +1,207 @@
+"""Load one keyframe of a nuScenes-format dataset through the official devkit into the typed structures, and
+draw / summarise it. Used by ``tools/demo.py``; the full dataset pipeline lives in ``perception.datasets``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from nuscenes import NuScenes
+from nuscenes.eval.detection.utils import category_to_detection_name
+from nuscenes.utils.data_classes import LidarPointCloud
+from nuscenes.utils.splits import create_splits_scenes
+from PIL import Image
+from pyquaternion import Quaternion
+
+from perception.datasets.nuscenes_boxes import boxes_from_devkit
+from perception.structures import CameraRig, Points, Sample
+
+CAMERA_ORDER = (
+    "CAM_FRONT_LEFT",
+    "CAM_FRONT",
+    "CAM_FRONT_RIGHT",
+    "CAM_BACK_LEFT",
+    "CAM_BACK",
+    "CAM_BACK_RIGHT",
+)
+
+
+@dataclass
+class LoadedSample:
+    """A keyframe loaded through the devkit.
+
+    Attributes:
+        sample: the typed sample (points with ``time_lag``, boxes ``(K, 9)`` in the LiDAR frame, cameras).
+        scene_name: nuScenes scene name (from the devkit's split lists).
+        num_sweeps: LiDAR sweeps merged into ``sample.points`` (keyframe included).
+        num_keyframe_points: points of the keyframe sweep alone.
+        num_lidar_pts: the annotations' ``num_lidar_pts`` for the ``K`` boxes, in order.
+        skipped_categories: annotations whose category is not one of the detector's classes.
+        table_counts: number of records per devkit table.
+    """
+
+    sample: Sample
+    scene_name: str
+    num_sweeps: int
+    num_keyframe_points: int
+    num_lidar_pts: list[int]
+    skipped_categories: Counter[str]
+    table_counts: dict[str, int]
+
+
+def _transform(rotation: Sequence[float], translation: Sequence[float]) -> np.ndarray:
+    t = np.eye(4)
+    t[:3, :3] = Quaternion(rotation).rotation_matrix
+    t[:3, 3] = translation
+    return t
+
+
+def load_devkit_sample(root: Path, version: str, class_names: Sequence[str], max_sweeps: int) -> LoadedSample:
+    """Load the first keyframe of the validation split (``mini_val`` / ``val``) of a nuScenes-format dataset."""
+    nusc = NuScenes(version=version, dataroot=str(root), verbose=False)
+    split = "mini_val" if version.endswith("mini") else "val"
+    val_names = set(create_splits_scenes()[split])
+    scenes = [s for s in nusc.scene if s["name"] in val_names]
+    if not scenes:
+        raise ValueError(f"{root}/{version} has no scene of the devkit's {split!r} split")
+    scene = scenes[0]
+    sample = nusc.get("sample", scene["first_sample_token"])
+    lidar_token = sample["data"]["LIDAR_TOP"]
+
+    pc, times = LidarPointCloud.from_file_multisweep(
+        nusc, sample, "LIDAR_TOP", "LIDAR_TOP", nsweeps=max_sweeps
+    )
+    pts = np.concatenate([pc.points[:4].T, times.T], axis=1).astype(np.float32)
+    keyframe = LidarPointCloud.from_file(str(root / nusc.get("sample_data", lidar_token)["filename"]))
+    sweeps_used = len(np.unique(times))
+
+    _, boxes, _ = nusc.get_sample_data(lidar_token)
+    lidar_sd = nusc.get("sample_data", lidar_token)
+    cs = nusc.get("calibrated_sensor", lidar_sd["calibrated_sensor_token"])
+    pose = nusc.get("ego_pose", lidar_sd["ego_pose_token"])
+    global_to_lidar_rot = Quaternion(cs["rotation"]).inverse * Quaternion(pose["rotation"]).inverse
+
+    kept, labels, npts = [], [], []
+    skipped: Counter[str] = Counter()
+    for box in boxes:
+        name = category_to_detection_name(box.name)
+        if name is None or name not in class_names:
+            skipped[box.name] += 1
+            continue
+        v = nusc.box_velocity(box.token)  # global frame, NaN when the track has one annotation
+        box.velocity = global_to_lidar_rot.rotate(np.nan_to_num(v, nan=0.0))
+        kept.append(box)
+        labels.append(list(class_names).index(name))
+        npts.append(int(nusc.get("sample_annotation", box.token)["num_lidar_pts"]))
+
+    names, intrinsics, cam_to_lidar, sizes, images = [], [], [], [], []
+    lidar_to_global = _transform(pose["rotation"], pose["translation"]) @ _transform(
+        cs["rotation"], cs["translation"]
+    )
+    for cam in CAMERA_ORDER:
+        if cam not in sample["data"]:
+            continue
+        sd = nusc.get("sample_data", sample["data"][cam])
+        ccs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        cpose = nusc.get("ego_pose", sd["ego_pose_token"])
+        cam_to_global = _transform(cpose["rotation"], cpose["translation"]) @ _transform(
+            ccs["rotation"], ccs["translation"]
+        )
+        names.append(cam)
+        intrinsics.append(np.asarray(ccs["camera_intrinsic"], dtype=np.float32))
+        cam_to_lidar.append((np.linalg.inv(lidar_to_global) @ cam_to_global).astype(np.float32))
+        sizes.append([sd["height"], sd["width"]])
+        images.append(np.asarray(Image.open(root / sd["filename"]).convert("RGB")).transpose(2, 0, 1))
+
+    rig = None
+    image_tensor = None
+    if names:
+        rig = CameraRig(
+            tuple(names),
+            torch.from_numpy(np.stack(intrinsics)),
+            torch.from_numpy(np.stack(cam_to_lidar)),
+            torch.tensor(sizes, dtype=torch.int64),
+        )
+        image_tensor = torch.from_numpy(np.stack(images).copy())
+
+    typed = Sample(
+        token=sample["token"],
+        points=Points(torch.from_numpy(pts)),
+        boxes=boxes_from_devkit(kept),
+        labels=torch.tensor(labels, dtype=torch.int64),
+        class_names=tuple(class_names),
+        images=image_tensor,
+        cameras=rig,
+    )
+    tables = {t: len(getattr(nusc, t)) for t in nusc.table_names}
+    return LoadedSample(typed, scene["name"], sweeps_used, keyframe.nbr_points(), npts, skipped, tables)
+
+
+def write_pictures(
+    loaded: LoadedSample, point_range: Sequence[float], out_dir: Path
+) -> tuple[Path, Path | None]:
+    """Write ``bev.png`` and (when the sample has cameras) ``cameras.png`` into ``out_dir``."""
+    import matplotlib.pyplot as plt
+
+    from perception.viz.bev import draw_bev, draw_camera, save_figure
+
+    s = loaded.sample
+    fig, ax = plt.subplots(figsize=(10, 10))
+    draw_bev(ax, s.points, s.boxes, s.labels, s.class_names, point_range)
+    ax.set_title(
+        f"{loaded.scene_name} sample {s.token[:8]}: {len(s.points)} points from {loaded.num_sweeps} sweeps, "
+        f"{len(s.boxes)} boxes"
+    )
+    bev = save_figure(fig, out_dir / "bev.png")
+    cams = None
+    if s.images is not None and s.cameras is not None:
+        n = len(s.cameras)
+        fig, axes = plt.subplots(2, (n + 1) // 2, figsize=(6 * ((n + 1) // 2), 7), squeeze=False)
+        for i, ax in enumerate(axes.flat):
+            if i < n:
+                draw_camera(ax, s.images[i], s.cameras, i, s.boxes, s.labels, s.class_names)
+            else:
+                ax.axis("off")
+        cams = save_figure(fig, out_dir / "cameras.png")
+    return bev, cams
+
+
+def summarize(loaded: LoadedSample, point_range: Sequence[float], t_generate: float, t_load: float) -> str:
+    """Markdown tables: dataset size, the loaded sample, and boxes per class with their LiDAR points."""
+    s = loaded.sample
+    in_range = int(s.points.in_range_mask(point_range).sum())
+    lines = [
+        "| dataset table | records |",
+        "|---|---:|",
+        *[f"| {k} | {v} |" for k, v in loaded.table_counts.items()],
+        "",
+        "| loaded sample | value |",
+        "|---|---:|",
+        f"| scene | {loaded.scene_name} |",
+        f"| sweeps merged (keyframe + earlier) | {loaded.num_sweeps} |",
+        f"| keyframe points | {loaded.num_keyframe_points} |",
+        f"| all points | {len(s.points)} |",
+        f"| points inside the point-cloud range | {in_range} |",
+        f"| max time lag (s) | {float(s.points.channel('time_lag').max()) if len(s.points) else 0.0:.3f} |",
+        f"| ground-truth boxes (detection classes) | {len(s.boxes)} |",
+        f"| annotations of other categories | {sum(loaded.skipped_categories.values())} |",
+        f"| cameras | {0 if s.cameras is None else len(s.cameras)} |",
+        f"| generate time (s) | {t_generate:.1f} |",
+        f"| devkit load time (s) | {t_load:.1f} |",
+        "",
+        "| class | boxes | LiDAR points in boxes (num_lidar_pts) | mean speed (m/s) |",
+        "|---|---:|---:|---:|",
+    ]
+    speeds = torch.linalg.norm(s.boxes.tensor[:, 7:9], dim=1) if len(s.boxes) else torch.zeros(0)
+    for i, name in enumerate(s.class_names):
+        m = s.labels == i
+        n = int(m.sum())
+        pts = sum(p for p, keep in zip(loaded.num_lidar_pts, m.tolist(), strict=True) if keep)
+        mean_speed = float(speeds[m].mean()) if n else 0.0
+        lines.append(f"| {name} | {n} | {pts} | {mean_speed:.2f} |")
+    return "\n".join(lines)
