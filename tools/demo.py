@@ -31,11 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("config", type=Path, nargs="?", default=DEFAULT_CONFIG, help="experiment YAML")
     add_config_args(parser, config_positional=False)
     parser.add_argument("--out", type=Path, default=REPO / "output" / "demo", help="where the pictures go")
     args = parser.parse_args(argv)
-    if args.config is None:
-        args.config = DEFAULT_CONFIG
     cfg = config_from_args(args)
     if cfg.data.dataset != "nuscenes":
         parser.error("the demo runs on nuScenes-format data (data.dataset: nuscenes)")

@@ -1,0 +1,118 @@
+"""Generator parameters: defaults, clear errors for every invalid value, scene-name selection, CLI errors."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from nuscenes.utils.splits import create_splits_scenes
+
+from perception.datasets.synthetic import LidarSpec, SyntheticParams, generate, hdl32e, hdl64e
+from perception.datasets.synthetic.nuscenes_tables import scene_names
+
+_spec = importlib.util.spec_from_file_location(
+    "create_data", Path(__file__).parents[1] / "tools" / "create_data.py"
+)
+assert _spec is not None and _spec.loader is not None
+_create_data = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_create_data)
+
+
+def test_defaults_per_format() -> None:
+    nus = SyntheticParams()
+    assert (nus.format, nus.version, nus.scenes, nus.samples, nus.num_sweeps) == (
+        "nuscenes",
+        "v1.0-mini",
+        4,
+        4,
+        2,
+    )
+    assert nus.lidar_spec.beams == 32 and nus.lidar_spec.frequency_hz == 20.0
+    kitti = SyntheticParams(format="kitti")
+    assert kitti.num_sweeps == 0 and kitti.lidar_spec.beams == 64 and kitti.lidar_spec.frequency_hz == 10.0
+    assert hdl64e().elevations_deg[0] == 2.0 and min(hdl32e().elevations_deg) == -30.67
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"scenes": 1}, "scenes"),
+        ({"scenes": 11}, "scenes must be at most 10 for version v1.0-mini"),
+        ({"scenes": 851, "version": "v1.0-trainval"}, "scenes"),
+        ({"samples": 1}, "samples must be >= 2"),
+        ({"samples": 0}, "samples"),
+        ({"sweeps": 10}, "sweeps"),
+        ({"sweeps": -1}, "sweeps"),
+        ({"format": "kitti", "sweeps": 1}, "sweeps is a nuscenes-only option"),
+        ({"format": "kitti", "scenes": 2}, "scenes must be >= 3 for the kitti format"),
+        ({"format": "waymo"}, "format"),
+        ({"version": "v1.0-test"}, "version"),
+        ({"cameras": "left"}, "cameras"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 1.5}, "seed"),
+        ({"objects_per_scene": -2}, "objects_per_scene"),
+        ({"scene": 3}, "scene"),  # misspelt field
+    ],
+)
+def test_invalid_params(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SyntheticParams(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"elevations_deg": (1.0, 1.0)}, "duplicate"),
+        ({"elevations_deg": (95.0,)}, "elevations_deg"),
+        ({"elevations_deg": (float("nan"),)}, "elevations_deg"),
+        ({"elevations_deg": ()}, "elevations_deg"),
+        ({"azimuth_steps": 4}, "azimuth_steps"),
+        ({"frequency_hz": 0.0}, "frequency_hz"),
+        ({"min_range": 50.0, "max_range": 40.0}, "min_range"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"range_noise_std": -0.1}, "range_noise_std"),
+        ({"surface_inset": 0.0}, "surface_inset"),
+    ],
+)
+def test_invalid_lidar_spec(kwargs: dict, match: str) -> None:
+    base = {"elevations_deg": (-10.0, 0.0), "azimuth_steps": 360, "frequency_hz": 10.0}
+    with pytest.raises(ValueError, match=match):
+        LidarSpec(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize("num", range(2, 11))
+def test_mini_scene_names_cover_both_splits(num: int) -> None:
+    splits = create_splits_scenes()
+    pairs = scene_names("v1.0-mini", num)
+    assert len(pairs) == num == len({n for n, _ in pairs})
+    assert {s for _, s in pairs} == {"mini_train", "mini_val"}
+    assert all(n in splits[s] for n, s in pairs)
+
+
+def test_trainval_scene_names() -> None:
+    splits = create_splits_scenes()
+    pairs = scene_names("v1.0-trainval", 850)
+    assert sum(s == "train" for _, s in pairs) == 700 and sum(s == "val" for _, s in pairs) == 150
+    assert all(n in splits[s] for n, s in scene_names("v1.0-trainval", 5))
+    with pytest.raises(ValueError, match="num_scenes"):
+        scene_names("v1.0-mini", 1)
+
+
+def test_generate_rejects_other_types(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="params must be a SyntheticParams"):
+        generate({"format": "nuscenes"}, tmp_path)  # type: ignore[arg-type]
+
+
+def test_cli_reports_invalid_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main = _create_data.main
+    assert main(["synthetic", "--format", "nuscenes", "--out", str(tmp_path), "--samples", "1"]) == 2
+    assert "samples must be >= 2" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
+    with pytest.raises(SystemExit) as exc:
+        main(["synthetic", "--out", str(tmp_path)])  # --format is required
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["synthetic", "--format", "nuscenes", "--out", str(tmp_path), "--cameras", "rear"])
+    with pytest.raises(SystemExit):
+        main([])  # a subcommand is required
