@@ -348,8 +348,10 @@ class CameraRig:
     Attributes:
         names: ``K`` camera names (e.g. ``CAM_FRONT``).
         intrinsics: float32 ``(K, 3, 3)`` pixel intrinsics ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]``.
-        cam_to_lidar: float32 ``(K, 4, 4)`` rigid transforms mapping camera-frame points (x right, y down,
-            z forward, metres) to the LiDAR frame.
+        cam_to_lidar: float32 ``(K, 4, 4)`` transforms mapping camera-frame points (x right, y down,
+            z forward, metres) to the LiDAR frame. Rigid as loaded; after global scaling or flipping
+            augmentation (:meth:`transform_lidar`) the 3x3 part is a scaled or mirrored rotation, so code must not
+            assume it is orthonormal (projection and unprojection stay exact).
         image_sizes: int64 ``(K, 2)`` ``[height, width]`` in pixels.
     """
 
@@ -370,7 +372,9 @@ class CameraRig:
             raise ValueError("CameraRig.image_sizes must be positive [height, width]")
         bottom = torch.tensor([0.0, 0.0, 0.0, 1.0]).to(self.cam_to_lidar)
         if not torch.allclose(self.cam_to_lidar[:, 3], bottom.expand(k, 4)):
-            raise ValueError("CameraRig.cam_to_lidar must be rigid 4x4 transforms with last row [0, 0, 0, 1]")
+            raise ValueError(
+                "CameraRig.cam_to_lidar must be 4x4 affine transforms with last row [0, 0, 0, 1]"
+            )
 
     def __len__(self) -> int:
         return len(self.names)
@@ -653,3 +657,45 @@ def _split_range(point_range: Sequence[float]) -> tuple[torch.Tensor, torch.Tens
     if not bool((r[:3] < r[3:]).all()):
         raise ValueError(f"point_range needs min < max on every axis, got {r.tolist()}")
     return r[:3], r[3:]
+
+
+@dataclass
+class SparseFeatures:
+    """Features on the occupied cells of a sparse voxel grid (output of a VFE, input/output of 3D backbones).
+
+    Attributes:
+        features: float ``(M, C)`` (float32, or bf16/fp16 under autocast) one row per occupied voxel.
+        coords: int32 ``(M, 4)`` ``[batch, z, y, x]``, unique rows.
+        grid_shape: ``(nz, ny, nx)`` of the grid the coordinates index.
+        batch_size: number of samples ``B``; ``coords[:, 0]`` lies in ``[0, B)``.
+    """
+
+    features: torch.Tensor
+    coords: torch.Tensor
+    grid_shape: tuple[int, int, int]
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        check_tensor("SparseFeatures.features", self.features, ndim=2)
+        m = self.features.shape[0]
+        check_tensor("SparseFeatures.coords", self.coords, shape=(m, 4), dtype=torch.int32)
+        self.grid_shape = tuple(int(v) for v in self.grid_shape)  # type: ignore[assignment]
+        if len(self.grid_shape) != 3 or min(self.grid_shape) < 1:
+            raise ValueError(
+                f"SparseFeatures.grid_shape must be 3 positive sizes (nz, ny, nx), got {self.grid_shape}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"SparseFeatures.batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def num_voxels(self) -> int:
+        return int(self.features.shape[0])
+
+    def replace_features(self, features: torch.Tensor) -> SparseFeatures:
+        """Same voxels, new ``(M, C')`` features."""
+        return SparseFeatures(features, self.coords, self.grid_shape, self.batch_size)
+
+    def to(self, device: torch.device | str) -> SparseFeatures:
+        return SparseFeatures(
+            self.features.to(device), self.coords.to(device), self.grid_shape, self.batch_size
+        )

@@ -1,0 +1,1 @@
+"""LiDAR detector building blocks (explicit constructors, typed inputs and outputs)."""
