@@ -1,9 +1,15 @@
 #!/usr/bin/env python
-"""Create data sets: ``create_data.py synthetic --format nuscenes|kitti --out DIR [...]``.
+"""Create data sets and their info files.
 
-Subcommands (one per data source; later issues add ``nuscenes`` and ``kitti`` info builders):
+Subcommands (one per data source):
 
 * ``synthetic`` -- simulate driving scenes and write them in the real nuScenes v1.0 or KITTI layout.
+* ``nuscenes --root DIR --version v1.0-mini|v1.0-trainval [--max-sweeps 10 --workers N]`` -- info files of the
+  train / val splits and the GT database, inside the dataroot (see ``perception.datasets.nuscenes_infos``).
+* ``kitti --root DIR [--workers N]`` -- info files of train / val (/ test) and the GT database, inside the KITTI
+  root (see ``perception.datasets.kitti_infos``).
+
+Info runs are resumable: re-running after an interruption recomputes only the samples not finished before.
 """
 
 from __future__ import annotations
@@ -81,18 +87,93 @@ def _run_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_nuscenes(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "nuscenes",
+        help="nuScenes info files + GT database (through the devkit)",
+        description="Write nuScenes info files (train/val) and the train GT database inside the dataroot.",
+    )
+    p.add_argument("--root", required=True, help="nuScenes dataroot (holds samples/, sweeps/, <version>/)")
+    p.add_argument("--version", required=True, choices=["v1.0-mini", "v1.0-trainval"], help="devkit version")
+    p.add_argument(
+        "--max-sweeps", type=int, default=10, help="LiDAR sweeps per sample incl. the keyframe (default 10)"
+    )
+    p.add_argument("--workers", type=int, default=0, help="worker processes (default 0: in this process)")
+    p.add_argument("--no-gt-database", action="store_true", help="skip the GT database")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_nuscenes)
+
+
+def _run_nuscenes(args: argparse.Namespace) -> int:
+    from perception.datasets.nuscenes_infos import create_nuscenes_infos, gt_database_dir, infos_path
+
+    start = time.perf_counter()
+    stats = create_nuscenes_infos(
+        args.root,
+        args.version,
+        max_sweeps=args.max_sweeps,
+        workers=args.workers,
+        progress=not args.quiet,
+        with_gt_database=not args.no_gt_database,
+    )
+    for split, st in stats.items():
+        path = infos_path(args.root, args.version, args.max_sweeps, split)
+        print(f"{split}: {len(st.computed)} samples computed, {len(st.reused)} reused -> {path}")
+    if not args.no_gt_database:
+        print(f"GT database: {gt_database_dir(args.root, args.version, args.max_sweeps)}")
+    print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _add_kitti(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "kitti",
+        help="KITTI info files + GT database",
+        description="Write KITTI info files (train/val/test) and the train GT database inside the KITTI root.",
+    )
+    p.add_argument("--root", required=True, help="KITTI root (holds training/, testing/, ImageSets/)")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (default 0: in this process)")
+    p.add_argument("--no-gt-database", action="store_true", help="skip the GT database")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_kitti)
+
+
+def _run_kitti(args: argparse.Namespace) -> int:
+    from perception.datasets.kitti_infos import GT_DATABASE_DIR, create_kitti_infos, infos_path
+
+    start = time.perf_counter()
+    stats = create_kitti_infos(
+        args.root, workers=args.workers, progress=not args.quiet, with_gt_database=not args.no_gt_database
+    )
+    for split, st in stats.items():
+        print(
+            f"{split}: {len(st.computed)} frames computed, {len(st.reused)} reused -> {infos_path(args.root, split)}"
+        )
+    if not args.no_gt_database:
+        print(f"GT database: {args.root}/{GT_DATABASE_DIR}")
+    print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``create_data.py`` argument parser with one subparser per data source."""
     parser = argparse.ArgumentParser(prog="create_data.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synthetic(sub)
+    _add_nuscenes(sub)
+    _add_kitti(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run the subcommand; returns the exit code."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (FileNotFoundError, ValueError) as err:  # bad dataset files: one clear line, no traceback
+        notes = "".join(f" ({n})" for n in getattr(err, "__notes__", []))
+        print(f"create_data.py {args.command}: error: {err}{notes}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,177 @@
+"""KITTI 3D object dataset: info records (:mod:`.kitti_infos`) -> :class:`~perception.structures.Sample`.
+
+Points: the velodyne scan, channels ``x, y, z, intensity`` (reflectance 0-1), non-finite points dropped and
+counted in the log; with ``fov_filter`` (default) only points in front of camera 2 that project inside
+``image_2`` are kept (KITTI labels only what camera 2 sees); then the point-cloud range on x, y **and** z
+(half-open, as the voxelizer).
+
+Boxes: ``(K, 7)`` in the Velodyne frame, converted from the labels by
+:func:`perception.datasets.kitti_calib.boxes_camera_to_lidar`, of the classes in ``class_names`` (DontCare
+never), with the centre inside the range. Boxes without points are **kept** unless ``min_points_in_gt`` > 0
+(train mode only); objects of ``"unknown"`` difficulty are kept too (``drop_unknown_difficulty`` drops them).
+``test`` mode loads no boxes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from perception.structures import Boxes3D, CameraRig, Points, Sample
+
+from .kitti_infos import KITTI_POINT_CHANNELS, KittiInfo, infos_path, load_kitti_infos
+from .points_io import KITTI_CHANNELS, load_scan
+
+__all__ = ["KittiDataset"]
+
+Transform = Callable[[Sample, np.random.Generator], Sample]
+Mode = Literal["train", "val", "test"]
+
+
+class KittiDataset(torch.utils.data.Dataset[Sample]):
+    """KITTI frames as typed samples; use ``collate_fn=Batch.collate`` in a ``DataLoader``.
+
+    Args:
+        infos_path: an info file of ``tools/create_data.py kitti``; or None to use ``root`` + ``split``.
+        root: the KITTI root (default: the info file's folder).
+        split: ``train`` / ``val`` / ``test`` (when ``infos_path`` is None).
+        class_names: detector classes (KITTI names, e.g. ``Car``); label ``i`` is ``class_names[i]``.
+        point_cloud_range: ``(x0, y0, z0, x1, y1, z1)`` metres in the Velodyne frame.
+        max_sweeps: must be 1 (KITTI has single scans); accepted so configs can pass ``DataConfig`` fields.
+        use_cameras: load ``image_2`` and its :class:`CameraRig`.
+        mode: ``train`` (transforms, ``min_points_in_gt``), ``val`` (ground truth) or ``test`` (no ground truth).
+        transforms: applied in order as ``t(sample, rng)``; ``rng`` is seeded by (``seed``, epoch, index).
+        fov_filter: keep only points inside camera 2's image.
+        min_points_in_gt: in train mode, drop boxes with fewer points (``num_points_in_gt`` of the infos).
+        drop_unknown_difficulty: drop boxes whose KITTI difficulty is unknown (-1).
+        seed: base seed of the per-sample generators.
+    """
+
+    def __init__(
+        self,
+        *,
+        class_names: Sequence[str],
+        point_cloud_range: Sequence[float],
+        infos_path: str | os.PathLike[str] | None = None,
+        root: str | os.PathLike[str] | None = None,
+        split: str | None = None,
+        max_sweeps: int = 1,
+        use_cameras: bool = False,
+        mode: Mode = "train",
+        transforms: Sequence[Transform] = (),
+        fov_filter: bool = True,
+        min_points_in_gt: int = 0,
+        drop_unknown_difficulty: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if mode not in ("train", "val", "test"):
+            raise ValueError(f"mode must be 'train', 'val' or 'test', got {mode!r}")
+        if max_sweeps != 1:
+            raise ValueError(f"max_sweeps must be 1 for KITTI (single scans), got {max_sweeps!r}")
+        if infos_path is None:
+            if root is None or split is None:
+                raise ValueError("give infos_path, or root and split")
+            infos_path = infos_path_for(root, split)
+        self.infos: list[KittiInfo] = load_kitti_infos(infos_path)
+        if mode != "test" and any(i.annos is None for i in self.infos):
+            raise ValueError(f"{infos_path} has no labels (a test split); use mode='test'")
+        self.root = Path(root) if root is not None else Path(infos_path).parent
+        self.class_names = tuple(class_names)
+        if not self.class_names or len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"class_names must be non-empty and unique, got {self.class_names}")
+        self.point_cloud_range = tuple(float(v) for v in point_cloud_range)
+        Points(torch.zeros(0, 3), ("x", "y", "z")).in_range_mask(
+            self.point_cloud_range
+        )  # validates the range
+        self.use_cameras, self.mode, self.fov_filter = bool(use_cameras), mode, bool(fov_filter)
+        self.transforms = list(transforms)
+        self.min_points_in_gt, self.drop_unknown_difficulty = (
+            int(min_points_in_gt),
+            bool(drop_unknown_difficulty),
+        )
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch (seeds the per-sample generators) and forward it to transforms that have ``set_epoch``."""
+        self.epoch = int(epoch)
+        for t in self.transforms:
+            fn = getattr(t, "set_epoch", None)
+            if callable(fn):
+                fn(epoch)
+
+    def _box_mask(self, info: KittiInfo) -> np.ndarray:
+        a = info.annos
+        if self.mode == "test" or a is None:
+            return np.zeros(0 if a is None else len(a), dtype=bool)
+        mask = np.isin(a.names, self.class_names)
+        if self.mode == "train" and self.min_points_in_gt > 0:
+            mask &= a.num_points_in_gt >= self.min_points_in_gt
+        if self.drop_unknown_difficulty:
+            mask &= a.difficulty >= 0
+        lo, hi = np.asarray(self.point_cloud_range[:3]), np.asarray(self.point_cloud_range[3:])
+        return mask & ((a.boxes_lidar[:, :3] >= lo) & (a.boxes_lidar[:, :3] < hi)).all(axis=1)
+
+    def info_class_names(self, index: int) -> set[str]:
+        """Class names (of ``class_names``) of the ground-truth boxes sample ``index`` yields (for CBGS)."""
+        info = self.infos[index]
+        if info.annos is None:
+            return set()
+        return {str(n) for n in info.annos.names[self._box_mask(info)]}
+
+    def _camera(self, info: KittiInfo) -> tuple[torch.Tensor, CameraRig]:
+        with Image.open(self.root / info.image_path) as im:
+            image = np.asarray(im.convert("RGB")).transpose(2, 0, 1)
+        k, cam_to_velo = info.calib.camera(2)
+        rig = CameraRig(
+            ("image_2",),
+            torch.tensor(k[None], dtype=torch.float32),
+            torch.tensor(cam_to_velo[None], dtype=torch.float32),
+            torch.tensor([image.shape[1:]], dtype=torch.int64),
+        )
+        return torch.from_numpy(image[None].copy()), rig
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < len(self.infos):
+            raise IndexError(f"index {index} out of range for {len(self.infos)} samples")
+        info = self.infos[index]
+        pts = load_scan(self.root / info.lidar_path, KITTI_CHANNELS)
+        if self.fov_filter:
+            pts = pts[info.calib.in_image(pts[:, :3], info.image_size)]
+        points = Points(torch.from_numpy(np.ascontiguousarray(pts)), KITTI_POINT_CHANNELS)
+        points = points.select(points.in_range_mask(self.point_cloud_range))
+        mask = self._box_mask(info)
+        if info.annos is not None and mask.any():
+            boxes = np.ascontiguousarray(info.annos.boxes_lidar[mask], dtype=np.float32)
+            names = info.annos.names[mask]
+        else:
+            boxes, names = np.zeros((0, 7), np.float32), np.zeros(0, str)
+        images, rig = self._camera(info) if self.use_cameras else (None, None)
+        sample = Sample(
+            token=info.frame_id,
+            points=points,
+            boxes=Boxes3D(torch.from_numpy(boxes)),
+            labels=torch.tensor([self.class_names.index(str(n)) for n in names], dtype=torch.int64),
+            class_names=self.class_names,
+            images=images,
+            cameras=rig,
+        )
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        for t in self.transforms:
+            sample = t(sample, rng)
+        return sample
+
+
+def infos_path_for(root: str | os.PathLike[str], split: str) -> Path:
+    """The info file :func:`perception.datasets.kitti_infos.create_kitti_infos` wrote for ``split``."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    return infos_path(root, split)

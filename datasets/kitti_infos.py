@@ -1,0 +1,291 @@
+"""KITTI info records: what ``tools/create_data.py kitti`` writes, and how the dataset reads them back.
+
+Output inside the KITTI root (the folder holding ``training/``, ``testing/`` and ``ImageSets/``):
+
+* ``kitti_infos_<split>.pkl`` for ``split`` in ``train``, ``val`` (``ImageSets/<split>.txt``, frames under
+  ``training/``) and ``test`` (frames under ``testing/``, no labels) when its ImageSets file exists;
+* ``kitti_gt_database/`` -- the ground-truth database (:mod:`perception.datasets.gt_database`) of the train split:
+  every labelled non-DontCare object's points (all points of the scan, not only the camera's view) with xyz
+  relative to the box centre, its LiDAR-frame box and its KITTI difficulty;
+* ``.perception_cache/`` -- per-frame part files that make an interrupted run resumable (safe to delete).
+
+Info file format (format version :data:`FORMAT_VERSION`): a pickle (protocol 4) of a plain dict
+``{"format": "perception.kitti_infos", "format_version": 1, "split": str, "infos": [KittiInfo.to_dict()]}``
+holding only builtins and numpy arrays; read it with :func:`load_kitti_infos`. Paths are relative to the root.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .gt_database import GTDatabaseEntry, GTObject, read_sample_entries, write_index, write_sample_objects
+from .kitti_calib import KittiCalib, boxes_camera_to_lidar, difficulty, read_calib_file, read_label_file
+from .points_io import KITTI_CHANNELS, load_scan
+from .prep_runner import (
+    PrepStats,
+    atomic_pickle_dump,
+    crop_box_points,
+    fingerprint,
+    run_tasks,
+    safe_pickle_load,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "GT_DATABASE_DIR",
+    "KITTI_POINT_CHANNELS",
+    "KittiAnnotations",
+    "KittiInfo",
+    "create_kitti_infos",
+    "infos_path",
+    "load_kitti_infos",
+    "make_kitti_info",
+    "read_image_set",
+]
+
+FORMAT_VERSION = 1
+_FORMAT = "perception.kitti_infos"
+GT_DATABASE_DIR = "kitti_gt_database"
+KITTI_POINT_CHANNELS = ("x", "y", "z", "intensity")
+_SPLIT_DIR = {"train": "training", "val": "training", "test": "testing"}
+
+
+@dataclass
+class KittiAnnotations:
+    """Labelled objects of one frame (DontCare regions apart); arrays of length ``K``.
+
+    Attributes:
+        names: str ``(K,)`` KITTI class names (``Car``, ``Pedestrian``, ...).
+        truncated: float64 ``(K,)``; occluded: int64 ``(K,)``; alpha: float64 ``(K,)``.
+        bbox: float64 ``(K, 4)`` image-2 box ``[x1, y1, x2, y2]`` pixels.
+        dimensions: float64 ``(K, 3)`` ``[h, w, l]`` m; location: float64 ``(K, 3)`` bottom centre, rectified
+            camera frame, m; rotation_y: float64 ``(K,)`` rad -- all as in the label file.
+        boxes_lidar: float32 ``(K, 7)`` ``[x, y, z, dx, dy, dz, yaw]`` in the Velodyne frame (box centre).
+        difficulty: int64 ``(K,)`` 0 easy, 1 moderate, 2 hard, -1 unknown.
+        num_points_in_gt: int64 ``(K,)`` scan points in the camera's view inside each box (as OpenPCDet counts).
+        dontcare_bbox: float64 ``(M, 4)`` DontCare regions in image 2.
+    """
+
+    names: np.ndarray
+    truncated: np.ndarray
+    occluded: np.ndarray
+    alpha: np.ndarray
+    bbox: np.ndarray
+    dimensions: np.ndarray
+    location: np.ndarray
+    rotation_y: np.ndarray
+    boxes_lidar: np.ndarray
+    difficulty: np.ndarray
+    num_points_in_gt: np.ndarray
+    dontcare_bbox: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass
+class KittiInfo:
+    """One KITTI frame.
+
+    Attributes:
+        frame_id: six-digit id (file stem).
+        split_dir: ``"training"`` or ``"testing"``.
+        lidar_path / image_path: relative to the root (``training/velodyne/000000.bin``, ``.../image_2/...png``).
+        image_size: ``(height, width)`` of image 2, pixels.
+        calib: the frame's calibration.
+        annos: labelled objects, None for the test split.
+    """
+
+    frame_id: str
+    split_dir: str
+    lidar_path: str
+    image_path: str
+    image_size: tuple[int, int]
+    calib: KittiCalib
+    annos: KittiAnnotations | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of builtins and numpy arrays (what the info file stores)."""
+        c = self.calib
+        return {
+            "frame_id": self.frame_id,
+            "split_dir": self.split_dir,
+            "lidar_path": self.lidar_path,
+            "image_path": self.image_path,
+            "image_size": list(self.image_size),
+            "calib": {
+                "P": dict(c.P),
+                "R0_rect": c.R0_rect,
+                "Tr_velo_to_cam": c.Tr_velo_to_cam,
+                "Tr_imu_to_velo": c.Tr_imu_to_velo,
+            },
+            "annos": None if self.annos is None else dict(vars(self.annos)),
+        }
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> KittiInfo:
+        c = d["calib"]
+        return KittiInfo(
+            frame_id=d["frame_id"],
+            split_dir=d["split_dir"],
+            lidar_path=d["lidar_path"],
+            image_path=d["image_path"],
+            image_size=(int(d["image_size"][0]), int(d["image_size"][1])),
+            calib=KittiCalib(c["P"], c["R0_rect"], c["Tr_velo_to_cam"], c["Tr_imu_to_velo"]),
+            annos=None if d["annos"] is None else KittiAnnotations(**d["annos"]),
+        )
+
+
+def read_image_set(root: str | os.PathLike[str], split: str) -> list[str]:
+    """Frame ids listed in ``root/ImageSets/<split>.txt`` (blank lines skipped)."""
+    path = Path(root) / "ImageSets" / f"{split}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"KITTI split file not found: {path}")
+    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    for lineno, fid in enumerate(ids, start=1):
+        if not fid.isalnum():
+            raise ValueError(f"{path}:{lineno}: frame id must be letters/digits, got {fid!r}")
+    return ids
+
+
+def _annotations(
+    root: Path, split_dir: str, fid: str, calib: KittiCalib, fov_points: np.ndarray
+) -> KittiAnnotations:
+    objs = read_label_file(root / split_dir / "label_2" / f"{fid}.txt")
+    care = objs.names != "DontCare"
+    dontcare = objs.bbox[~care]
+    objs = objs.select(care)
+    boxes = boxes_camera_to_lidar(objs.location, objs.dimensions, objs.rotation_y, calib).astype(np.float32)
+    if len(boxes):
+        from perception.ops.points_in_boxes import points_in_boxes
+
+        _, counts = points_in_boxes(torch.from_numpy(fov_points[:, :3].copy()), torch.from_numpy(boxes))
+        npts = counts.numpy()
+    else:
+        npts = np.zeros(0, np.int64)
+    return KittiAnnotations(
+        names=objs.names.astype(str),
+        truncated=objs.truncated,
+        occluded=objs.occluded,
+        alpha=objs.alpha,
+        bbox=objs.bbox,
+        dimensions=objs.dimensions,
+        location=objs.location,
+        rotation_y=objs.rotation_y,
+        boxes_lidar=boxes.reshape(-1, 7),
+        difficulty=difficulty(objs.bbox, objs.occluded, objs.truncated),
+        num_points_in_gt=npts.astype(np.int64),
+        dontcare_bbox=dontcare.reshape(-1, 4),
+    )
+
+
+def make_kitti_info(
+    root: str | os.PathLike[str], split_dir: str, frame_id: str, with_labels: bool
+) -> tuple[KittiInfo, np.ndarray]:
+    """Build the info of one frame; also returns its finite scan, float32 ``(N, 4)`` (for the GT database).
+
+    Raises:
+        FileNotFoundError / ValueError: a missing or malformed velodyne, calib, image or label file (named).
+    """
+    root = Path(root)
+    lidar = f"{split_dir}/velodyne/{frame_id}.bin"
+    image = f"{split_dir}/image_2/{frame_id}.png"
+    points = load_scan(root / lidar, KITTI_CHANNELS)
+    calib = read_calib_file(root / split_dir / "calib" / f"{frame_id}.txt")
+    if not (root / image).is_file():
+        raise FileNotFoundError(f"KITTI image not found: {root / image} (needed for the image size and FOV)")
+    with Image.open(root / image) as im:
+        width, height = im.size
+    annos = None
+    if with_labels:
+        fov = points[calib.in_image(points[:, :3], (height, width))]
+        annos = _annotations(root, split_dir, frame_id, calib, fov)
+    info = KittiInfo(frame_id, split_dir, lidar, image, (height, width), calib, annos)
+    return info, points
+
+
+def _frame_task(
+    root: str, split_dir: str, with_labels: bool, db_dir: str | None, frame_id: str
+) -> dict[str, Any]:
+    info, points = make_kitti_info(root, split_dir, frame_id, with_labels)
+    entries: list[GTDatabaseEntry] = []
+    if db_dir is not None and info.annos is not None:
+        a = info.annos
+        crops = crop_box_points(points, a.boxes_lidar)
+        objects = [
+            GTObject(str(a.names[k]), a.boxes_lidar[k].copy(), crops[k], int(a.difficulty[k]), frame_id)
+            for k in range(len(a))
+        ]
+        entries = write_sample_objects(db_dir, frame_id, objects)
+    return {"info": info.to_dict(), "gt": [e.to_json() for e in entries]}
+
+
+def infos_path(root: str | os.PathLike[str], split: str) -> Path:
+    """Where :func:`create_kitti_infos` writes the infos of ``split``."""
+    return Path(root) / f"kitti_infos_{split}.pkl"
+
+
+def create_kitti_infos(
+    root: str | os.PathLike[str], *, workers: int = 0, progress: bool = True, with_gt_database: bool = True
+) -> dict[str, PrepStats]:
+    """Write ``kitti_infos_<split>.pkl`` (train, val, and test when ``ImageSets/test.txt`` exists) and the GT
+    database of the train split inside ``root``; resumable (see :mod:`perception.datasets.prep_runner`).
+
+    Returns:
+        ``{split: PrepStats}`` (which frames were computed now and which reused from an earlier run).
+    """
+    root = Path(root).resolve()
+    splits = [
+        s for s in ("train", "val", "test") if s != "test" or (root / "ImageSets" / "test.txt").is_file()
+    ]
+    db_dir = root / GT_DATABASE_DIR
+    stats: dict[str, PrepStats] = {}
+    for split in splits:
+        ids = read_image_set(root, split)
+        split_dir = _SPLIT_DIR[split]
+        with_db = with_gt_database and split == "train"
+        key = fingerprint({"kind": "kitti", "v": FORMAT_VERSION, "split": split, "db": with_db})
+        task = partial(_frame_task, str(root), split_dir, split != "test", str(db_dir) if with_db else None)
+        valid = (lambda fid: read_sample_entries(db_dir, fid) is not None) if with_db else None
+        results, stats[split] = run_tasks(
+            ids,
+            task,
+            root / ".perception_cache" / f"kitti_{split}_{key}",
+            workers=workers,
+            desc=f"KITTI {split}",
+            progress=progress,
+            still_valid=valid,
+        )
+        payload = {
+            "format": _FORMAT,
+            "format_version": FORMAT_VERSION,
+            "split": split,
+            "infos": [results[f]["info"] for f in ids],
+        }
+        atomic_pickle_dump(infos_path(root, split), payload)
+        if with_db:
+            entries = [GTDatabaseEntry.from_json(r, f"frame {f}") for f in ids for r in results[f]["gt"]]
+            write_index(db_dir, entries, KITTI_POINT_CHANNELS)
+    return stats
+
+
+def load_kitti_infos(path: str | os.PathLike[str]) -> list[KittiInfo]:
+    """Read an info file written by :func:`create_kitti_infos`; ``ValueError`` naming the file if it is not one
+    (or has another format version)."""
+    data = safe_pickle_load(path)
+    if not isinstance(data, dict) or data.get("format") != _FORMAT:
+        raise ValueError(f"{path}: not a KITTI info file of this project (expected format {_FORMAT!r})")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: info format version {data.get('format_version')!r}, this code reads {FORMAT_VERSION}; "
+            "re-run tools/create_data.py kitti"
+        )
+    return [KittiInfo.from_dict(d) for d in data["infos"]]

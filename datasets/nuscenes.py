@@ -1,0 +1,214 @@
+"""nuScenes detection dataset: info records (:mod:`.nuscenes_infos`) -> :class:`~perception.structures.Sample`.
+
+Points: the keyframe ``LIDAR_TOP`` scan plus up to ``max_sweeps - 1`` earlier sweeps, each moved into the
+keyframe's LiDAR frame with its recorded transform; channels ``x, y, z, intensity, time_lag`` (seconds before
+the keyframe, 0 for the keyframe). As OpenPCDet does, sweep points within 1 m of the sensor in x **and** y
+(returns from the ego vehicle's own body, which move with the car and would smear) are removed before the
+transform; the keyframe is kept whole. Non-finite points are dropped and counted in the log. Then the
+point-cloud range is applied on x, y **and** z (half-open, as the voxelizer).
+
+Boxes: ``(K, 9)`` with velocity, of the annotations whose detection class is in ``class_names`` and whose centre
+lies in the range. Boxes with no LiDAR point are **kept** (as the official evaluation keeps them) unless
+``min_points_in_gt`` > 0 (OpenPCDet's ``FILTER_MIN_POINTS_IN_GT``), which applies in ``train`` mode only. In
+``test`` mode no boxes are loaded.
+
+Missing sweep files: ``missing_sweeps="error"`` (default) raises ``FileNotFoundError`` naming the file and the
+sample; ``"skip"`` leaves the sweep out and logs a warning (logger ``perception.datasets.nuscenes``). A missing
+keyframe file is always an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from perception.structures import Boxes3D, CameraRig, Points, Sample
+
+from .nuscenes_infos import NUSCENES_POINT_CHANNELS, NuScenesInfo, infos_path, load_nuscenes_infos
+from .points_io import NUSCENES_CHANNELS, load_scan
+
+__all__ = ["EGO_RADIUS", "NuScenesDataset", "load_lidar_points"]
+
+logger = logging.getLogger(__name__)
+
+#: Sweep points with ``|x| < EGO_RADIUS`` and ``|y| < EGO_RADIUS`` (sensor frame, m) are the ego vehicle's own.
+EGO_RADIUS = 1.0
+Transform = Callable[[Sample, np.random.Generator], Sample]
+Mode = Literal["train", "val", "test"]
+
+
+def load_lidar_points(
+    root: Path, info: NuScenesInfo, max_sweeps: int, missing_sweeps: Literal["error", "skip"] = "error"
+) -> np.ndarray:
+    """Keyframe + up to ``max_sweeps - 1`` sweeps in the keyframe LiDAR frame: float32 ``(N, 5)``
+    ``[x, y, z, intensity, time_lag]``, keyframe points first, then sweeps newest first."""
+    key = load_scan(root / info.lidar_path, NUSCENES_CHANNELS, keep=4)
+    parts = [np.concatenate([key, np.zeros((len(key), 1), np.float32)], axis=1)]
+    for sweep in info.sweeps[: max_sweeps - 1]:
+        path = root / sweep.path
+        if not path.is_file():
+            if missing_sweeps == "skip":
+                logger.warning("sample %s: sweep file %s is missing; skipped", info.token, path)
+                continue
+            raise FileNotFoundError(
+                f"sample {info.token}: sweep file not found: {path} (download the sweeps, use max_sweeps=1, "
+                "or missing_sweeps='skip')"
+            )
+        pts = load_scan(path, NUSCENES_CHANNELS, keep=4).astype(np.float64)
+        pts = pts[~((np.abs(pts[:, 0]) < EGO_RADIUS) & (np.abs(pts[:, 1]) < EGO_RADIUS))]
+        t = sweep.sensor_to_lidar
+        pts[:, :3] = pts[:, :3] @ t[:3, :3].T + t[:3, 3]
+        lag = np.full((len(pts), 1), sweep.time_lag)
+        parts.append(np.concatenate([pts, lag], axis=1).astype(np.float32))
+    return np.ascontiguousarray(np.concatenate(parts))
+
+
+class NuScenesDataset(torch.utils.data.Dataset[Sample]):
+    """nuScenes keyframes as typed samples; use ``collate_fn=Batch.collate`` in a ``DataLoader``.
+
+    Args:
+        infos_path: an info file of ``tools/create_data.py nuscenes``; or None to use ``root`` + ``version``
+            + ``split`` (+ ``info_sweeps``) to find it.
+        root: the dataroot (default: the info file's folder).
+        version, split, info_sweeps: which info file when ``infos_path`` is None (``split`` ``train`` / ``val``;
+            ``info_sweeps`` the ``--max-sweeps`` it was built with, default ``max_sweeps``).
+        class_names: detector classes (nuScenes detection names); label ``i`` is ``class_names[i]``.
+        point_cloud_range: ``(x0, y0, z0, x1, y1, z1)`` metres in the LiDAR frame.
+        max_sweeps: sweeps per sample including the keyframe (<= what the infos hold).
+        use_cameras: load the camera images and their :class:`CameraRig` (all cameras must share one size).
+        mode: ``train`` (transforms, ``min_points_in_gt``), ``val`` (ground truth, transforms as given) or
+            ``test`` (no ground truth).
+        transforms: applied in order as ``t(sample, rng)``; ``rng`` is seeded by (``seed``, epoch, index).
+        min_points_in_gt: in train mode, drop boxes with fewer annotated LiDAR points.
+        missing_sweeps: ``"error"`` or ``"skip"`` (logged), see the module docstring.
+        seed: base seed of the per-sample generators.
+    """
+
+    def __init__(
+        self,
+        *,
+        class_names: Sequence[str],
+        point_cloud_range: Sequence[float],
+        infos_path: str | os.PathLike[str] | None = None,
+        root: str | os.PathLike[str] | None = None,
+        version: str | None = None,
+        split: str | None = None,
+        info_sweeps: int | None = None,
+        max_sweeps: int = 1,
+        use_cameras: bool = False,
+        mode: Mode = "train",
+        transforms: Sequence[Transform] = (),
+        min_points_in_gt: int = 0,
+        missing_sweeps: Literal["error", "skip"] = "error",
+        seed: int = 0,
+    ) -> None:
+        if mode not in ("train", "val", "test"):
+            raise ValueError(f"mode must be 'train', 'val' or 'test', got {mode!r}")
+        if missing_sweeps not in ("error", "skip"):
+            raise ValueError(f"missing_sweeps must be 'error' or 'skip', got {missing_sweeps!r}")
+        if not isinstance(max_sweeps, int) or max_sweeps < 1:
+            raise ValueError(f"max_sweeps must be an int >= 1 (keyframe included), got {max_sweeps!r}")
+        if infos_path is None:
+            if root is None or version is None or split is None:
+                raise ValueError("give infos_path, or root, version and split")
+            infos_path = infos_path_for(root, version, info_sweeps or max_sweeps, split)
+        self.infos, built_sweeps = load_nuscenes_infos(infos_path)
+        if max_sweeps > built_sweeps:
+            raise ValueError(
+                f"max_sweeps={max_sweeps} but {infos_path} was built with --max-sweeps {built_sweeps}"
+            )
+        self.root = Path(root) if root is not None else Path(infos_path).parent
+        self.class_names = tuple(class_names)
+        if not self.class_names or len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"class_names must be non-empty and unique, got {self.class_names}")
+        self.point_cloud_range = tuple(float(v) for v in point_cloud_range)
+        Points(torch.zeros(0, 3), ("x", "y", "z")).in_range_mask(
+            self.point_cloud_range
+        )  # validates the range
+        self.max_sweeps, self.use_cameras, self.mode = max_sweeps, bool(use_cameras), mode
+        self.transforms = list(transforms)
+        self.min_points_in_gt, self.missing_sweeps, self.seed = int(min_points_in_gt), missing_sweeps, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch (seeds the per-sample generators) and forward it to transforms that have ``set_epoch``."""
+        self.epoch = int(epoch)
+        for t in self.transforms:
+            fn = getattr(t, "set_epoch", None)
+            if callable(fn):
+                fn(epoch)
+
+    def _box_mask(self, info: NuScenesInfo) -> np.ndarray:
+        if self.mode == "test":
+            return np.zeros(len(info.gt_names), dtype=bool)
+        mask = np.isin(info.gt_names, self.class_names)
+        if self.mode == "train" and self.min_points_in_gt > 0:
+            mask &= info.num_lidar_pts >= self.min_points_in_gt
+        lo, hi = np.asarray(self.point_cloud_range[:3]), np.asarray(self.point_cloud_range[3:])
+        centre = info.gt_boxes[:, :3]
+        return mask & ((centre >= lo) & (centre < hi)).all(axis=1)
+
+    def info_class_names(self, index: int) -> set[str]:
+        """Class names (of ``class_names``) of the ground-truth boxes sample ``index`` yields (for CBGS)."""
+        info = self.infos[index]
+        return {str(n) for n in info.gt_names[self._box_mask(info)]}
+
+    def _cameras(self, info: NuScenesInfo) -> tuple[torch.Tensor, CameraRig]:
+        if not info.cameras:
+            raise ValueError(f"sample {info.token} has no camera (use_cameras=True)")
+        images = []
+        for cam in info.cameras:
+            with Image.open(self.root / cam.path) as im:
+                images.append(np.asarray(im.convert("RGB")).transpose(2, 0, 1))
+        sizes = {im.shape for im in images}
+        if len(sizes) != 1:
+            raise ValueError(f"sample {info.token}: camera images differ in size {sorted(sizes)}")
+        rig = CameraRig(
+            tuple(c.name for c in info.cameras),
+            torch.tensor(np.stack([c.intrinsics for c in info.cameras]), dtype=torch.float32),
+            torch.tensor(np.stack([c.cam_to_lidar for c in info.cameras]), dtype=torch.float32),
+            torch.tensor([im.shape[1:] for im in images], dtype=torch.int64),
+        )
+        return torch.from_numpy(np.stack(images).copy()), rig
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < len(self.infos):
+            raise IndexError(f"index {index} out of range for {len(self.infos)} samples")
+        info = self.infos[index]
+        pts = load_lidar_points(self.root, info, self.max_sweeps, self.missing_sweeps)
+        points = Points(torch.from_numpy(pts), NUSCENES_POINT_CHANNELS)
+        points = points.select(points.in_range_mask(self.point_cloud_range))
+        mask = self._box_mask(info)
+        names = info.gt_names[mask]
+        labels = torch.tensor([self.class_names.index(str(n)) for n in names], dtype=torch.int64)
+        images, rig = self._cameras(info) if self.use_cameras else (None, None)
+        sample = Sample(
+            token=info.token,
+            points=points,
+            boxes=Boxes3D(
+                torch.from_numpy(np.ascontiguousarray(info.gt_boxes[mask], np.float32)).reshape(-1, 9)
+            ),
+            labels=labels,
+            class_names=self.class_names,
+            images=images,
+            cameras=rig,
+        )
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        for t in self.transforms:
+            sample = t(sample, rng)
+        return sample
+
+
+def infos_path_for(root: str | os.PathLike[str], version: str, max_sweeps: int, split: str) -> Path:
+    """The info file :func:`perception.datasets.nuscenes_infos.create_nuscenes_infos` wrote for these settings."""
+    return infos_path(root, version, max_sweeps, split)

@@ -1,0 +1,257 @@
+"""Run per-sample data-preparation work in parallel, atomically and resumably.
+
+Model: the work is a list of string keys (sample tokens, frame ids) and a picklable function ``task(key)`` that
+returns a picklable result. :func:`run_tasks` stores each result as its own *part* file
+``cache_dir/<key>.pkl`` the moment it is computed (in the worker process, atomically), skips keys whose part
+already exists, and only then returns all results for the caller to merge into the final output (which it
+writes with :func:`atomic_pickle_dump`). An interrupted run (killed, a worker raising, the final dump failing)
+therefore loses at most the samples in flight: re-running recomputes only the missing parts. Part files are kept
+after the merge (they make re-running after deleting an output cheap); callers put a fingerprint of everything
+the results depend on into ``cache_dir``'s name, so changed settings never reuse stale parts.
+
+Atomic write: the bytes go to a temporary file in the destination's folder, are flushed and ``fsync``-ed, the
+file is renamed over the destination (``os.replace``, atomic on POSIX) and the folder is ``fsync``-ed. A reader
+sees either the old complete file or the new complete file, never a partial one.
+
+Workers: ``workers=0`` runs in the calling process; ``workers >= 1`` uses a ``concurrent.futures`` process pool
+(a worker that dies, e.g. killed for memory, raises ``BrokenProcessPool`` instead of hanging) with the ``fork``
+start method where that is safe (so large read-only state built before the call, such as a devkit ``NuScenes``
+object held in a module global, is shared copy-on-write instead of being rebuilt per worker), else ``spawn``
+(then every worker builds that state itself). Fork is not safe once numba's OpenMP threading layer has run in
+the calling process. A ``tqdm`` progress bar shows finished / total keys.
+
+Pickle files: written with protocol 4 and read back by :func:`safe_pickle_load`, which only accepts builtin
+containers, numbers, strings and numpy arrays, so a tampered info file cannot execute code when loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+__all__ = [
+    "PrepStats",
+    "crop_box_points",
+    "atomic_pickle_dump",
+    "atomic_write_bytes",
+    "fingerprint",
+    "part_path",
+    "run_tasks",
+    "safe_pickle_load",
+]
+
+_SAFE_KEY = re.compile(r"[A-Za-z0-9_.\-]+\Z")
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename, fsync the folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_pickle_dump(path: str | os.PathLike[str], obj: Any) -> None:
+    """Pickle ``obj`` (protocol 4) to ``path`` atomically."""
+    atomic_write_bytes(path, pickle.dumps(obj, protocol=4))
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the numpy globals an array needs; anything else is refused."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: only numpy arrays and builtins allowed"
+        )
+
+
+def safe_pickle_load(path: str | os.PathLike[str]) -> Any:
+    """Load a pickle written by :func:`atomic_pickle_dump` that holds only builtins and numpy arrays.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not such a pickle (names the file).
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return _SafeUnpickler(io.BytesIO(data)).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
+        raise ValueError(f"{path}: not a valid info/part pickle ({e})") from None
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    """12 hex digits identifying ``settings`` (a JSON-serialisable dict), for cache folder names."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def part_path(cache_dir: Path, key: str) -> Path:
+    """The part file of ``key`` (keys are tokens / frame ids: letters, digits, ``_.-``)."""
+    if not _SAFE_KEY.match(key) or key.startswith("."):
+        raise ValueError(f"key {key!r} must be letters, digits, '_', '.', '-' (and not start with '.')")
+    return cache_dir / f"{key}.pkl"
+
+
+@dataclass(frozen=True)
+class PrepStats:
+    """What :func:`run_tasks` did: ``computed`` keys run now, ``reused`` keys loaded from existing parts."""
+
+    computed: tuple[str, ...]
+    reused: tuple[str, ...]
+
+
+def _start_method() -> str:
+    """``fork`` unless numba's parallel threading layer already runs in this process (forking a process that
+    uses GNU OpenMP kills the child), or the platform has no fork; then ``spawn``."""
+    if "fork" not in mp.get_all_start_methods():
+        return "spawn"
+    try:
+        import numba
+
+        numba.threading_layer()  # ValueError while no parallel kernel has run here
+    except (ImportError, ValueError):
+        return "fork"
+    return "spawn"
+
+
+def _run_one(job: tuple[Callable[[str], Any], Path, str]) -> str:
+    task, cache_dir, key = job
+    try:
+        result = task(key)
+    except Exception as e:
+        e.add_note(f"while preparing {key!r}")
+        raise
+    atomic_pickle_dump(part_path(cache_dir, key), result)
+    return key
+
+
+def run_tasks(
+    keys: Sequence[str],
+    task: Callable[[str], Any],
+    cache_dir: str | os.PathLike[str],
+    *,
+    workers: int = 0,
+    desc: str = "",
+    progress: bool = True,
+    still_valid: Callable[[str], bool] | None = None,
+) -> tuple[dict[str, Any], PrepStats]:
+    """Compute ``task(key)`` for every key not already done, in parallel, with one atomic part file per key.
+
+    Args:
+        keys: unique keys (letters, digits, ``_.-``).
+        task: picklable function (module level, or ``functools.partial`` of one) ``key -> result``; its result
+            must pickle to builtins and numpy arrays only.
+        cache_dir: folder of the part files (created).
+        workers: worker processes; 0 runs in this process.
+        desc: progress bar label.
+        progress: show the tqdm bar (on stderr).
+        still_valid: optional check of a key whose part exists (e.g. "its GT-database files are still there");
+            a key failing it is recomputed.
+
+    Returns:
+        ``{key: result}`` in the order of ``keys``, and the :class:`PrepStats`.
+
+    Raises:
+        whatever ``task`` raised, with the key in a note; finished parts stay on disk for the next run.
+    """
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if len(set(keys)) != len(keys):
+        raise ValueError("keys must be unique")
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    have = {k for k in keys if part_path(cache, k).is_file() and (still_valid is None or still_valid(k))}
+    done = [k for k in keys if k in have]
+    todo = [k for k in keys if k not in have]
+    bar = tqdm(total=len(keys), initial=len(done), desc=desc, disable=not progress, unit="sample")
+    jobs = [(task, cache, k) for k in todo]
+    try:
+        if workers == 0 or len(todo) <= 1:
+            for job in jobs:
+                _run_one(job)
+                bar.update(1)
+        else:
+            ctx = mp.get_context(_start_method())
+            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
+                futures = [pool.submit(_run_one, job) for job in jobs]
+                try:
+                    for fut in as_completed(futures):
+                        fut.result()
+                        bar.update(1)
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+    finally:
+        bar.close()
+    results = {k: safe_pickle_load(part_path(cache, k)) for k in keys}
+    return results, PrepStats(computed=tuple(todo), reused=tuple(done))
+
+
+def crop_box_points(points: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
+    """The points inside each box, with ``xyz`` made relative to the box centre (for the GT database).
+
+    A point inside several overlapping boxes belongs to each of them. Membership is
+    :func:`perception.ops.points_in_boxes` (closed boxes, float32).
+
+    Args:
+        points: float32 ``(N, C)`` finite points, ``C >= 3``, LiDAR frame.
+        boxes: float ``(K, 7+)`` boxes ``[x, y, z, dx, dy, dz, yaw, ...]`` in the same frame.
+
+    Returns:
+        ``K`` float32 arrays ``(n_k, C)``.
+    """
+    from perception.ops.points_in_boxes import points_in_boxes
+
+    pts = np.ascontiguousarray(points, dtype=np.float32)
+    out = []
+    for box in np.asarray(boxes, dtype=np.float32).reshape(-1, boxes.shape[-1] if boxes.ndim == 2 else 7):
+        radius = 0.5 * float(np.linalg.norm(box[3:6])) + 1e-3
+        near = np.flatnonzero(np.abs(pts[:, :3] - box[:3]).max(axis=1) <= radius)
+        index, _ = points_in_boxes(torch.from_numpy(pts[near]), torch.from_numpy(box[None, :7].copy()))
+        inside = pts[near[index.numpy() == 0]].copy()
+        inside[:, :3] -= box[:3]
+        out.append(inside)
+    return out
