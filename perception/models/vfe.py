@@ -1,0 +1,298 @@
+"""Voxel feature encoders (VFEs): points or hard voxels -> one feature row per occupied voxel.
+
+* :class:`MeanVFE` -- hard voxels (:class:`~perception.structures.Voxels`): the mean of each voxel's valid points.
+* :class:`DynamicPillarVFE` / :class:`DynamicVoxelVFE` -- PointNet-style encoders on dynamically voxelized points
+  (every point kept, no per-voxel cap), as OpenPCDet's ``DynamicPillarVFE`` / ``DynamicVoxelVFE`` used by
+  CenterPoint-pillar and DSVT. Per point the input is
+
+  ``[raw point features, xyz - mean xyz of the point's voxel, xyz - centre of the point's voxel (, |xyz|)]``
+
+  (the raw features are all ``C`` columns with ``use_absolute_xyz``, else the ``C - 3`` columns after xyz).
+  For a pillar the "centre" z is the middle of the z range (the single pillar spans the whole height). Then a
+  stack of layers, each ``Linear (no bias) -> BatchNorm1d(eps 1e-3, momentum 0.01) -> ReLU`` followed by a
+  per-voxel reduction (max by default, or mean) with :func:`perception.ops.scatter.scatter`. Every layer but the
+  last produces ``filters[i] // 2`` channels per point and concatenates the voxel's reduced feature to each of
+  its points (``filters[i]`` channels); the last layer outputs the reduced voxel feature (``filters[-1]``).
+
+Parameter names (``pfn_layers.{i}.linear`` / ``.norm``) follow OpenPCDet so its checkpoints load unchanged.
+
+Empty input: 0 points (or every point dropped) gives a :class:`SparseFeatures` with 0 rows of the output width.
+BatchNorm in training mode needs more than one point (torch raises ``ValueError`` for a single point, as for any
+batch of one); in eval mode one point works.
+
+Autocast: under ``torch.autocast`` (e.g. bf16 on the CPU) the linear layers run in the autocast dtype; the
+per-voxel reduction runs in float32 (the scatter op supports float32/float64) and is cast back, so the output
+features have the autocast dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from perception._validate import check_tensor
+from perception.ops.scatter import scatter
+from perception.ops.voxelize import make_grid, voxelize
+from perception.structures import SparseFeatures, Voxels
+
+Reduce = Literal["max", "mean"]
+
+
+def _check_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    return batch_size
+
+
+class MeanVFE(nn.Module):
+    """Mean of the valid points of each hard voxel (no parameters).
+
+    Args:
+        num_point_features: ``C``, the number of point columns (e.g. 5 for ``[x, y, z, intensity, time_lag]``).
+    """
+
+    def __init__(self, *, num_point_features: int) -> None:
+        super().__init__()
+        if num_point_features < 3:
+            raise ValueError(f"num_point_features must be >= 3 (x, y, z, ...), got {num_point_features}")
+        self.num_point_features = int(num_point_features)
+
+    @property
+    def out_channels(self) -> int:
+        return self.num_point_features
+
+    def forward(self, voxels: Voxels, *, batch_size: int) -> SparseFeatures:
+        """Average the first ``counts[i]`` points of each voxel (padding rows are ignored, whatever they hold).
+
+        Args:
+            voxels: hard voxels, features float32 ``(M, P, C)``, coords int32 ``(M, 4)``, counts int32 ``(M,)``.
+            batch_size: number of samples ``B`` (``coords[:, 0] < B``).
+
+        Returns:
+            :class:`SparseFeatures` with float32 ``(M, C)`` features on ``voxels.coords`` / ``voxels.grid_shape``.
+        """
+        if not isinstance(voxels, Voxels):
+            raise TypeError(f"voxels must be a perception.structures.Voxels, got {type(voxels).__name__}")
+        batch_size = _check_batch_size(batch_size)
+        m, p, c = voxels.features.shape
+        if c != self.num_point_features:
+            raise ValueError(f"voxels.features must have {self.num_point_features} channels, got {c}")
+        valid = torch.arange(p, device=voxels.features.device)[None, :] < voxels.counts[:, None].long()
+        summed = torch.where(valid[..., None], voxels.features, 0.0).sum(dim=1)
+        mean = summed / voxels.counts.clamp(min=1).to(summed.dtype)[:, None]
+        return SparseFeatures(mean, voxels.coords, voxels.grid_shape, batch_size)
+
+
+class PFNLayer(nn.Module):
+    """One point-feature layer: ``Linear -> BatchNorm1d -> ReLU``, then a per-voxel reduction.
+
+    Args:
+        in_channels: per-point input width.
+        out_channels: output width (per point after the concat for inner layers; per voxel for the last layer).
+            Inner layers compute ``out_channels // 2`` per point and append the voxel's reduced feature.
+        last: the last layer returns only the reduced per-voxel features.
+        use_norm: BatchNorm1d after a bias-free Linear; without it the Linear has a bias.
+        reduce: ``"max"`` or ``"mean"`` over the points of a voxel.
+        backend: backend of the scatter op (``None`` picks by device).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        out_channels: int,
+        last: bool,
+        use_norm: bool = True,
+        reduce: Reduce = "max",
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not last and out_channels % 2:
+            raise ValueError(
+                f"inner PFN layers need an even out_channels (half is concatenated), got {out_channels}"
+            )
+        if reduce not in ("max", "mean"):
+            raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
+        width = out_channels if last else out_channels // 2
+        self.last = last
+        self.reduce: Reduce = reduce
+        self.backend = backend
+        self.linear = nn.Linear(in_channels, width, bias=not use_norm)
+        self.norm = nn.BatchNorm1d(width, eps=1e-3, momentum=0.01) if use_norm else None
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor, point_to_voxel: torch.Tensor, num_voxels: int) -> torch.Tensor:
+        """``x`` ``(N, in)`` per point, ``point_to_voxel`` int64 ``(N,)`` in ``[0, M)`` -> ``(N, out)`` or
+        ``(M, out)`` (last layer); dtype of the linear output (float32, or the autocast dtype)."""
+        x = self.linear(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        x = self.relu(x)
+        pooled = scatter(x.float(), point_to_voxel, num_voxels, self.reduce, backend=self.backend).to(x.dtype)
+        if self.last:
+            return pooled
+        return torch.cat([x, pooled[point_to_voxel]], dim=1)
+
+
+class _DynamicVFE(nn.Module):
+    pillar: bool = False
+
+    def __init__(
+        self,
+        *,
+        num_point_features: int,
+        voxel_size: Sequence[float],
+        point_cloud_range: Sequence[float],
+        filters: Sequence[int],
+        use_absolute_xyz: bool = True,
+        with_distance: bool = False,
+        use_norm: bool = True,
+        reduce: Reduce = "max",
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        if num_point_features < 3:
+            raise ValueError(f"num_point_features must be >= 3 (x, y, z, ...), got {num_point_features}")
+        filters = [int(f) for f in filters]
+        if not filters or min(filters) < 1:
+            raise ValueError(f"filters must be a non-empty list of positive widths, got {filters}")
+        self.grid = make_grid(voxel_size, point_cloud_range)
+        if self.pillar and self.grid.shape[0] != 1:
+            raise ValueError(
+                f"DynamicPillarVFE needs one voxel along z (voxel_size z = z range), got grid {self.grid.shape}"
+            )
+        self.num_point_features = int(num_point_features)
+        self.point_cloud_range = tuple(float(v) for v in point_cloud_range)
+        self.voxel_size = tuple(float(v) for v in voxel_size)
+        self.use_absolute_xyz = use_absolute_xyz
+        self.with_distance = with_distance
+        self.backend = backend
+        in_channels = num_point_features + (6 if use_absolute_xyz else 3) + (1 if with_distance else 0)
+        widths = [in_channels, *filters]
+        self.pfn_layers = nn.ModuleList(
+            PFNLayer(
+                in_channels=widths[i],
+                out_channels=widths[i + 1],
+                last=i == len(filters) - 1,
+                use_norm=use_norm,
+                reduce=reduce,
+                backend=backend,
+            )
+            for i in range(len(filters))
+        )
+        self._out_channels = filters[-1]
+
+    @property
+    def out_channels(self) -> int:
+        return self._out_channels
+
+    @property
+    def grid_shape(self) -> tuple[int, int, int]:
+        """``(nz, ny, nx)`` of the output coordinates."""
+        return self.grid.shape
+
+    def _voxelize(
+        self, points: torch.Tensor, batch_index: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        vox_points = points
+        if self.pillar:
+            # Pillars span the whole height: like OpenPCDet/DSVT, only x and y are range-checked, so a point above
+            # or below the z range still joins its pillar. Non-finite values in any column still drop the point.
+            z_mid = self.grid.lo[2] + self.grid.size[2] / 2
+            vox_points = points.clone()
+            vox_points[:, 2] = torch.where(torch.isfinite(points[:, 2]), z_mid, points[:, 2])
+        dv = voxelize(
+            vox_points,
+            self.voxel_size,
+            self.point_cloud_range,
+            batch_index=batch_index,
+            mode="dynamic",
+            backend=self.backend,
+        )
+        return dv.point_to_voxel, dv.coords
+
+    def forward(
+        self, points: torch.Tensor, *, batch_index: torch.Tensor | None = None, batch_size: int = 1
+    ) -> SparseFeatures:
+        """Voxelize dynamically and encode.
+
+        Args:
+            points: float32 ``(N, C)`` ``[x, y, z, ...]`` metres, LiDAR frame, ``C = num_point_features``.
+            batch_index: int64/int32 ``(N,)`` sample of each point, or ``None`` (all in sample 0).
+            batch_size: ``B``; every ``batch_index`` must be ``< B``.
+
+        Returns:
+            :class:`SparseFeatures`: features ``(M, filters[-1])`` (float32, or the autocast dtype), coords int32
+            ``(M, 4)`` ``[b, z, y, x]`` (voxels in order of their first point), ``grid_shape`` ``(nz, ny, nx)``.
+            Points outside the range (pillars: outside in x or y) or with a non-finite value are dropped.
+        """
+        check_tensor("points", points, ndim=2, dtype=torch.float32)
+        if points.shape[1] != self.num_point_features:
+            raise ValueError(
+                f"points must have shape (N, {self.num_point_features}), got {tuple(points.shape)}"
+            )
+        batch_size = _check_batch_size(batch_size)
+        if batch_index is not None:
+            check_tensor(
+                "batch_index", batch_index, shape=(points.shape[0],), dtype=(torch.int32, torch.int64)
+            )
+            if batch_index.numel() and int(batch_index.max()) >= batch_size:
+                raise ValueError(
+                    f"batch_index must be < batch_size={batch_size}, got {int(batch_index.max())}"
+                )
+        p2v, coords = self._voxelize(points, batch_index)
+        keep = p2v >= 0
+        pts = points[keep]
+        inv = p2v[keep]
+        m = coords.shape[0]
+        xyz = pts[:, :3]
+        mean = scatter(xyz, inv, m, "mean", backend=self.backend)
+        f_cluster = xyz - mean[inv]
+        vc = coords[inv]  # (N', 4) [b, z, y, x] of each point's voxel
+        lo, size = self.grid.lo, self.grid.size
+        centre = torch.stack(
+            [
+                vc[:, 3].to(xyz.dtype) * size[0] + (size[0] / 2 + lo[0]),
+                vc[:, 2].to(xyz.dtype) * size[1] + (size[1] / 2 + lo[1]),
+                vc[:, 1].to(xyz.dtype) * size[2] + (size[2] / 2 + lo[2]),
+            ],
+            dim=1,
+        )
+        parts = [pts if self.use_absolute_xyz else pts[:, 3:], f_cluster, xyz - centre]
+        if self.with_distance:
+            parts.append(torch.linalg.vector_norm(xyz, dim=1, keepdim=True))
+        x = torch.cat(parts, dim=1)
+        for layer in self.pfn_layers:
+            x = layer(x, inv, m)
+        return SparseFeatures(x, coords, self.grid.shape, batch_size)
+
+
+class DynamicPillarVFE(_DynamicVFE):
+    """PointNet-style pillar encoder on dynamically voxelized points (see the module docstring).
+
+    Args:
+        num_point_features: ``C`` point columns (e.g. 5: ``x, y, z, intensity, time_lag``).
+        voxel_size: ``(x, y, z)`` metres; z must equal the z extent of ``point_cloud_range`` (one pillar).
+        point_cloud_range: ``(x0, y0, z0, x1, y1, z1)`` metres.
+        filters: output widths of the stacked layers, e.g. ``(128, 128)`` (DSVT nuScenes); inner widths even.
+        use_absolute_xyz: include the raw xyz among the point features (else only the columns after xyz).
+        with_distance: append the point's distance to the origin.
+        use_norm: BatchNorm1d after each bias-free Linear (else a Linear with bias).
+        reduce: per-voxel reduction of every layer, ``"max"`` (default) or ``"mean"``.
+        backend: backend of the voxelize / scatter ops (``None`` picks by device).
+    """
+
+    pillar = True
+
+
+class DynamicVoxelVFE(_DynamicVFE):
+    """PointNet-style voxel encoder on dynamically voxelized points (see the module docstring).
+
+    Same arguments as :class:`DynamicPillarVFE`, with any number of voxels along z; the centre offset uses the
+    voxel's own z centre.
+    """
+
+    pillar = False
