@@ -1,0 +1,1 @@
+"""Training and inference machinery: optimisation, checkpoints, distributed set-up, logging."""
