@@ -20,17 +20,18 @@ $(STAMP): pyproject.toml
 	@$(PIP) install -e '.[dev]' 2>&1 | grep -v -e "^WARNING: Location" -e "BuildBackendWarning" ; test $${PIPESTATUS[0]} -eq 0
 	@touch $(STAMP)
 
-# open3d needs libusb-1.0 to import and Vulkan (llvmpipe) to render off-screen.
+# open3d needs libusb-1.0 to import and Vulkan (llvmpipe) to render off-screen; xvfb runs the viewer window test.
+SYSTEM_PACKAGES := libusb-1.0-0 libvulkan1 mesa-vulkan-drivers xvfb
 system-deps:
-	@if ldconfig -p | grep -q libusb-1.0.so.0 && ldconfig -p | grep -q libvulkan.so.1; then :; \
+	@if ldconfig -p | grep -q libusb-1.0.so.0 && ldconfig -p | grep -q libvulkan.so.1 && command -v xvfb-run >/dev/null; then :; \
 	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
-		echo "installing Debian libraries for open3d (libusb-1.0-0 libvulkan1 mesa-vulkan-drivers) ..."; \
-		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libusb-1.0-0 libvulkan1 mesa-vulkan-drivers) >/tmp/perception-apt.log 2>&1 \
+		echo "installing Debian libraries for open3d ($(SYSTEM_PACKAGES)) ..."; \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES)) >/tmp/perception-apt.log 2>&1 \
 			|| { echo "apt-get failed, see /tmp/perception-apt.log"; exit 1; }; \
 	else \
 		echo "NOTE: open3d needs system libraries; as root run:"; \
-		echo "  apt-get update && apt-get install -y libusb-1.0-0 libvulkan1 mesa-vulkan-drivers"; \
-		echo "  (open3d features are skipped until then)"; \
+		echo "  apt-get update && apt-get install -y $(SYSTEM_PACKAGES)"; \
+		echo "  (open3d renders fall back to matplotlib pictures until then)"; \
 	fi
 
 demo: $(STAMP) system-deps

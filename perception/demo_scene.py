@@ -145,12 +145,25 @@ def load_devkit_sample(root: Path, version: str, class_names: Sequence[str], max
 def write_pictures(
     loaded: LoadedSample, point_range: Sequence[float], out_dir: Path
 ) -> tuple[Path, Path | None]:
-    """Write ``bev.png`` and (when the sample has cameras) ``cameras.png`` into ``out_dir``."""
+    """Write ``render.png`` (open3d off-screen render), ``bev.png`` and (when the sample has cameras)
+    ``cameras.png`` into ``out_dir``; returns the BEV and camera paths.
+
+    Where open3d cannot render off-screen, ``render.png`` is left out and the reason printed (the BEV and camera
+    pictures are written in any case); see :mod:`perception.viz.pictures`.
+    """
     import matplotlib.pyplot as plt
 
     from perception.viz.bev import draw_bev, draw_camera, save_figure
+    from perception.viz.o3d_render import OffscreenUnavailableError, render_scene, save_png
+    from perception.viz.pictures import view_camera
+    from perception.viz.scene import scene_from_sample
 
     s = loaded.sample
+    try:
+        image = render_scene(scene_from_sample(s), view_camera("chase", point_range, (1280, 960)))
+        print(f"open3d render:  {save_png(image, out_dir / 'render.png')}")
+    except OffscreenUnavailableError as e:
+        print(f"open3d render:  not written ({e}); see the BEV and camera pictures")
     fig, ax = plt.subplots(figsize=(10, 10))
     draw_bev(ax, s.points, s.boxes, s.labels, s.class_names, point_range)
     ax.set_title(

@@ -1,6 +1,8 @@
-"""Bird's-eye-view and camera pictures with matplotlib (headless, Agg backend).
+"""Bird's-eye-view and camera pictures with matplotlib (headless, Agg backend): the report figures, and the
+fallback when open3d cannot render (:mod:`perception.viz.pictures`).
 
-Class colours are fixed per class name so every picture of the project uses the same colour for a class.
+Colours come from :mod:`perception.viz.colours` (the same in every picture of the project); what is drawn comes
+from a :class:`~perception.viz.scene.Scene`, so these pictures and the open3d renders show the same boxes.
 """
 
 from __future__ import annotations
@@ -16,28 +18,20 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 
-from perception.structures import Boxes3D, CameraRig, Points  # noqa: E402
+from perception.structures import Boxes3D, CameraRig, Detections, Points  # noqa: E402
 
-CLASS_COLOURS: dict[str, str] = {
-    "car": "#e6194b",
-    "truck": "#f58231",
-    "construction_vehicle": "#9a6324",
-    "bus": "#ffe119",
-    "trailer": "#808000",
-    "barrier": "#a9a9a9",
-    "motorcycle": "#f032e6",
-    "bicycle": "#911eb4",
-    "pedestrian": "#3cb44b",
-    "traffic_cone": "#42d4f4",
-    "Car": "#e6194b",
-    "Pedestrian": "#3cb44b",
-    "Cyclist": "#911eb4",
-}
+from .colours import CLASS_COLOURS, BoxColourBy, ColourBy, class_colour  # noqa: E402
+from .scene import BOX_LINES, VERTICES_PER_BOX, Scene, build_scene  # noqa: E402
 
-
-def class_colour(name: str) -> str:
-    """Hex colour of a class (grey for unknown names)."""
-    return CLASS_COLOURS.get(name, "#4363d8")
+__all__ = [
+    "CLASS_COLOURS",
+    "class_colour",
+    "draw_bev",
+    "draw_bev_scene",
+    "draw_camera",
+    "draw_camera_scene",
+    "save_figure",
+]
 
 
 def draw_bev(
@@ -48,46 +42,93 @@ def draw_bev(
     class_names: Sequence[str],
     point_range: Sequence[float],
     max_points: int = 200_000,
-) -> None:
-    """Top view: points coloured by height, boxes as class-coloured rectangles with a heading tick.
+    *,
+    detections: Detections | None = None,
+    score_threshold: float = 0.0,
+    colour_by: ColourBy = "height",
+    value_range: tuple[float, float] | None = None,
+    gt_colour_by: BoxColourBy | None = None,
+    pred_colour_by: BoxColourBy = "class",
+) -> Scene:
+    """Top view: points coloured by a channel, boxes as rectangles with a heading tick (centre -> front).
 
     Args:
         points: ``(N, C)`` LiDAR points (metres).
-        boxes: ``(K, 7|9)`` boxes in the same frame; velocities drawn as arrows when present.
+        boxes: ``(K, 7|9)`` ground-truth boxes in the same frame; velocities drawn as white arrows when present.
         labels: int64 ``(K,)`` index into ``class_names``.
         point_range: ``(x0, y0, z0, x1, y1, z1)`` limits of the plot.
+        max_points: draw at most this many points (a fixed random subset beyond it).
+        detections: predictions to draw over the ground truth (dashed lines), those with ``score >=
+            score_threshold``.
+        colour_by, value_range: point colours (:func:`perception.viz.colours.point_colours`); for ``height`` the
+            default range is ``(z0, z1 - 2)``.
+        gt_colour_by: ``"class"`` or ``"single"`` (white); default ``"class"`` without detections and
+            ``"single"`` with them, so ground truth and predictions stay apart.
+        pred_colour_by: ``"class"`` or ``"single"`` (red).
+
+    Returns:
+        The :class:`Scene` drawn (for its counts).
     """
-    xyz = points.xyz.detach().cpu().numpy()
-    if len(xyz) > max_points:
-        xyz = xyz[np.random.default_rng(0).choice(len(xyz), max_points, replace=False)]
-    ax.set_facecolor("black")
-    ax.scatter(
-        xyz[:, 0],
-        xyz[:, 1],
-        c=xyz[:, 2],
-        s=0.15,
-        cmap="viridis",
-        vmin=point_range[2],
-        vmax=point_range[5] - 2,
-    )
-    corners = boxes.bev_corners().detach().cpu().numpy()
-    t = boxes.tensor.detach().cpu().numpy()
-    for i, poly in enumerate(corners):
-        colour = class_colour(class_names[int(labels[i])])
-        ring = np.vstack([poly, poly[:1]])
-        ax.plot(ring[:, 0], ring[:, 1], color=colour, lw=1.0)
-        front = poly[[0, 3]].mean(axis=0)
-        ax.plot([t[i, 0], front[0]], [t[i, 1], front[1]], color=colour, lw=1.0)
-        if boxes.has_velocity and np.hypot(t[i, 7], t[i, 8]) > 0.2:
+    scene = _scene(points, boxes, labels, class_names, point_range, detections, score_threshold, colour_by,
+                   value_range, gt_colour_by, pred_colour_by)  # fmt: skip
+    draw_bev_scene(ax, scene, point_range, max_points)
+    if boxes.has_velocity and len(scene.gt):
+        t = boxes.tensor.detach().cpu().numpy()
+        for i in np.flatnonzero(np.hypot(t[:, 7], t[:, 8]) > 0.2):
             ax.arrow(t[i, 0], t[i, 1], t[i, 7], t[i, 8], color="white", width=0.05, head_width=0.6, lw=0)
+    return scene
+
+
+def _scene(
+    points: Points,
+    boxes: Boxes3D,
+    labels: torch.Tensor,
+    class_names: Sequence[str],
+    point_range: Sequence[float] | None,
+    detections: Detections | None,
+    score_threshold: float,
+    colour_by: ColourBy,
+    value_range: tuple[float, float] | None,
+    gt_colour_by: BoxColourBy | None,
+    pred_colour_by: BoxColourBy,
+) -> Scene:
+    if value_range is None and colour_by == "height" and point_range is not None:
+        value_range = (float(point_range[2]), float(max(point_range[5] - 2, point_range[2] + 0.5)))
+    return build_scene(
+        points,
+        class_names,
+        gt_boxes=boxes,
+        gt_labels=labels,
+        detections=detections,
+        score_threshold=score_threshold,
+        colour_by=colour_by,
+        value_range=value_range,
+        gt_colour_by=gt_colour_by,
+        pred_colour_by=pred_colour_by,
+    )
+
+
+def draw_bev_scene(ax: Axes, scene: Scene, point_range: Sequence[float], max_points: int = 200_000) -> None:
+    """Draw a :class:`Scene` from above on a black background: x forward (right), y left (up), metres.
+
+    Ground truth is drawn with solid lines, predictions with dashed lines on top.
+    """
+    xyz, colours = scene.points, scene.point_colours
+    if len(xyz) > max_points:
+        keep = np.random.default_rng(0).choice(len(xyz), max_points, replace=False)
+        xyz, colours = xyz[keep], colours[keep]
+    ax.set_facecolor("black")
+    ax.scatter(xyz[:, 0], xyz[:, 1], c=colours, s=0.15, linewidths=0)
+    for boxes, style in ((scene.gt, "-"), (scene.pred, "--")):
+        for verts, colour in zip(boxes.vertices, boxes.colours, strict=True):
+            ring = verts[[0, 1, 2, 3, 0], :2]
+            ax.plot(ring[:, 0], ring[:, 1], color=colour, lw=1.0, ls=style)
+            ax.plot(verts[[8, 9], 0], verts[[8, 9], 1], color=colour, lw=1.0, ls="-")
     ax.set_xlim(point_range[0], point_range[3])
     ax.set_ylim(point_range[1], point_range[4])
     ax.set_aspect("equal")
     ax.set_xlabel("x (m, forward)")
     ax.set_ylabel("y (m, left)")
-
-
-_EDGES = [(0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7)]
 
 
 def draw_camera(
@@ -98,30 +139,53 @@ def draw_camera(
     boxes: Boxes3D,
     labels: torch.Tensor,
     class_names: Sequence[str],
-) -> None:
-    """One camera image with the boxes' projected edges (boxes with a corner behind the camera are skipped).
+    *,
+    detections: Detections | None = None,
+    score_threshold: float = 0.0,
+    gt_colour_by: BoxColourBy | None = None,
+    pred_colour_by: BoxColourBy = "class",
+) -> Scene:
+    """One camera image with the boxes' projected edges, front-face cross and heading line.
+
+    Boxes with a corner less than 0.5 m in front of the camera, or with no corner inside the image, are not
+    drawn (a box behind the camera has no meaningful projection). Ground truth solid, predictions dashed;
+    colours as in :func:`draw_bev`.
 
     Args:
         image: uint8 ``(3, H, W)``.
         camera: index into ``rig``.
     """
+    no_points = Points(torch.zeros((0, 3)), ("x", "y", "z"))
+    scene = _scene(no_points, boxes, labels, class_names, None, detections, score_threshold, "uniform", None,
+                   gt_colour_by, pred_colour_by)  # fmt: skip
+    draw_camera_scene(ax, image, rig, camera, scene)
+    return scene
+
+
+def draw_camera_scene(ax: Axes, image: torch.Tensor, rig: CameraRig, camera: int, scene: Scene) -> None:
+    """The boxes of a :class:`Scene` projected into camera ``camera`` of ``rig`` over its uint8 ``(3, H, W)``
+    image (points are not drawn)."""
+    if not 0 <= camera < len(rig):
+        raise ValueError(f"camera must index the rig's {len(rig)} cameras, got {camera}")
     ax.imshow(image.permute(1, 2, 0).cpu().numpy())
-    if len(boxes):
-        corners = boxes.corners().reshape(-1, 3).float()
-        uv, depth, _ = rig.project(corners)
-        uv = uv[camera].reshape(-1, 8, 2).cpu().numpy()
-        depth = depth[camera].reshape(-1, 8).cpu().numpy()
-        h, w = (int(v) for v in rig.image_sizes[camera])
-        for i in range(len(boxes)):
+    h, w = (int(v) for v in rig.image_sizes[camera])
+    for boxes, style in ((scene.gt, "-"), (scene.pred, "--")):
+        if not len(boxes):
+            continue
+        verts = torch.from_numpy(boxes.vertices.reshape(-1, 3)).float()
+        uv_all, depth_all, _ = rig.project(verts)
+        uv = uv_all[camera].reshape(-1, VERTICES_PER_BOX, 2).numpy()
+        depth = depth_all[camera].reshape(-1, VERTICES_PER_BOX).numpy()
+        for i, colour in enumerate(boxes.colours):
             if (depth[i] <= 0.5).any():
                 continue
-            if not ((uv[i, :, 0] > 0) & (uv[i, :, 0] < w) & (uv[i, :, 1] > 0) & (uv[i, :, 1] < h)).any():
+            u, v = uv[i, :8, 0], uv[i, :8, 1]
+            if not ((u > 0) & (u < w) & (v > 0) & (v < h)).any():
                 continue
-            colour = class_colour(class_names[int(labels[i])])
-            for a, b in _EDGES:
-                ax.plot(uv[i, [a, b], 0], uv[i, [a, b], 1], color=colour, lw=1.0)
-        ax.set_xlim(0, w)
-        ax.set_ylim(h, 0)
+            for a, b in BOX_LINES:
+                ax.plot(uv[i, [a, b], 0], uv[i, [a, b], 1], color=colour, lw=1.0, ls=style)
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
     ax.set_title(rig.names[camera])
     ax.axis("off")
 

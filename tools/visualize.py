@@ -1,0 +1,183 @@
+"""Look at a dataset split with its ground truth and (optionally) saved detections.
+
+    python tools/visualize.py --data CONFIG [--split val] [--dets FILE] [--headless OUT_DIR] [--set key=value ...]
+
+Interactive (default; needs a display): an open3d window that steps through the samples with the keyboard --
+N / Right next, B / Left previous, G ground truth on/off, D detections on/off, C point colours
+(height / intensity / time lag / uniform), Up / Down score threshold, Q quit (``perception.viz.viewer``).
+
+Headless (``--headless OUT_DIR``): writes ``<token>_render.png`` per sample with open3d's off-screen renderer
+(needs the Debian packages libusb-1.0-0, libvulkan1 and mesa-vulkan-drivers; no display). Where the renderer cannot
+run, it logs why and writes ``<token>_bev.png`` (and ``<token>_cameras.png`` with ``data.use_cameras=true``)
+with matplotlib instead. ``--matplotlib`` writes those in any case.
+
+Detections (``--dets``):
+  * nuScenes: the results JSON of the evaluation (``perception.evaluation.nuscenes_results.write_results_json``:
+    global-frame boxes), moved back into each sample's LiDAR frame with the poses of the info file;
+  * KITTI: the folder of result files ``<frame_id>.txt`` (camera frame), converted with each frame's calibration.
+Ground truth is drawn white, detections in class colours (``perception.viz.colours``).
+
+The split's info file must exist: ``tools/create_data.py nuscenes|kitti --root DATA.ROOT ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def build_dataset(cfg: Any, split: str) -> Any:
+    """The config's dataset (``val`` mode: ground truth, no augmentation) for ``split``."""
+    data = cfg.data
+    common = dict(
+        class_names=data.class_names,
+        point_cloud_range=data.point_cloud_range,
+        use_cameras=data.use_cameras,
+        mode="val",
+    )
+    if data.dataset == "nuscenes":
+        from perception.datasets.nuscenes import NuScenesDataset, infos_path_for
+
+        path = infos_path_for(data.root, data.version, data.max_sweeps, split)
+        _check_infos(path, f"tools/create_data.py nuscenes --root {data.root} --version {data.version} "
+                     f"--max-sweeps {data.max_sweeps}")  # fmt: skip
+        return NuScenesDataset(infos_path=path, root=data.root, max_sweeps=data.max_sweeps, **common)
+    from perception.datasets.kitti import KittiDataset, infos_path_for
+
+    path = infos_path_for(data.root, split)
+    _check_infos(path, f"tools/create_data.py kitti --root {data.root}")
+    return KittiDataset(infos_path=path, root=data.root, **common)
+
+
+def _check_infos(path: Path, command: str) -> None:
+    if not path.is_file():
+        raise SystemExit(f"error: info file {path} not found; create it with: python {command}")
+
+
+def load_detections(cfg: Any, dataset: Any, dets: Path) -> dict[str, Any]:
+    """Detections by sample token, in each sample's LiDAR frame (see the module doc)."""
+    from perception.viz.detections_io import load_kitti_results, load_nuscenes_results
+
+    if cfg.data.dataset == "nuscenes":
+        poses = {info.token: info.ego_to_global @ info.lidar_to_ego for info in dataset.infos}
+        loaded = load_nuscenes_results(dets, poses, cfg.data.class_names)
+    else:
+        calibs = {info.frame_id: info.calib for info in dataset.infos}
+        loaded = load_kitti_results(dets, calibs, cfg.data.class_names)
+    loaded.log_summary(dets)
+    return loaded.by_token
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, e.g. 960x720, got {text!r}") from None
+    if w < 16 or h < 16:
+        raise argparse.ArgumentTypeError(f"size must be at least 16x16, got {text!r}")
+    return w, h
+
+
+def main(argv: list[str] | None = None) -> int:
+    from perception.config import add_config_args, load_config
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", type=Path, required=True, metavar="CONFIG", help="experiment YAML (its data part)"
+    )
+    add_config_args(parser, config_positional=False)
+    parser.add_argument(
+        "--split", default="val", choices=("train", "val"), help="dataset split (default val)"
+    )
+    parser.add_argument(
+        "--dets", type=Path, help="nuScenes results JSON, or a folder of KITTI result .txt files"
+    )
+    parser.add_argument(
+        "--headless", type=Path, metavar="OUT_DIR", help="write PNG files instead of a window"
+    )
+    parser.add_argument("--start", type=int, default=0, help="first sample index (default 0)")
+    parser.add_argument("--limit", type=int, default=None, help="headless: at most this many samples")
+    parser.add_argument(
+        "--view", choices=("chase", "bev"), default="chase", help="headless camera (default chase)"
+    )
+    parser.add_argument(
+        "--size", type=_size, default=(960, 720), help="picture / window size WxH (default 960x720)"
+    )
+    parser.add_argument(
+        "--score-threshold", type=float, default=0.3, help="hide detections below (default 0.3)"
+    )
+    parser.add_argument(
+        "--colour-by", choices=("height", "intensity", "time_lag", "uniform"), default="height"
+    )
+    parser.add_argument(
+        "--matplotlib", action="store_true", help="headless: also write the BEV / camera plots"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not 0.0 <= args.score_threshold <= 1.0:
+        parser.error(f"--score-threshold must lie in [0, 1], got {args.score_threshold}")
+
+    cfg = load_config(args.data, args.set)
+    dataset = build_dataset(cfg, args.split)
+    if len(dataset) == 0:
+        parser.error(f"the {args.split} split has no samples")
+    if not 0 <= args.start < len(dataset):
+        parser.error(f"--start must lie in [0, {len(dataset)}), got {args.start}")
+    dets = load_detections(cfg, dataset, args.dets) if args.dets is not None else {}
+    point_range = cfg.data.point_cloud_range
+
+    if args.headless is not None:
+        from perception.viz.pictures import write_sample_pictures
+
+        stop = len(dataset) if args.limit is None else min(len(dataset), args.start + max(args.limit, 0))
+        for i in range(args.start, stop):
+            sample = dataset[i]
+            pics = write_sample_pictures(
+                sample,
+                args.headless,
+                point_range,
+                detections=dets.get(sample.token),
+                view=args.view,
+                size=args.size,
+                stem=f"{sample.token}_",
+                matplotlib_too=args.matplotlib,
+                score_threshold=args.score_threshold,
+                colour_by=args.colour_by,
+            )
+            print(
+                f"[{i + 1}/{len(dataset)}] {sample.token}: " + ", ".join(str(p) for p in pics.paths),
+                flush=True,
+            )
+        return 0
+
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        print("error: no display (DISPLAY / WAYLAND_DISPLAY unset): use --headless OUT_DIR", file=sys.stderr)
+        return 2
+    from perception.viz.viewer import SceneSource, Viewer
+
+    class _From:  # the dataset seen from --start on
+        def __len__(self) -> int:
+            return len(dataset) - args.start
+
+        def __getitem__(self, i: int) -> Any:
+            return dataset[args.start + i]
+
+    viewer = Viewer(
+        SceneSource(_From(), dets),  # type: ignore[arg-type]
+        point_range,
+        size=args.size,
+        score_threshold=args.score_threshold,
+        colour_by=args.colour_by,
+    )
+    viewer.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
