@@ -1,0 +1,150 @@
+"""DSVT backbone (Wang et al., "DSVT: Dynamic Sparse Voxel Transformer with Rotated Sets", CVPR 2023).
+
+``SparseFeatures`` of the VFE -> per stage: DSVT blocks (two set-attention layers each, on the y-major then the
+x-major rotated sets of one window configuration; consecutive blocks, counted across stages, alternate the base
+and the hybrid-shifted configuration), then attention pooling to the next stage -> ``SparseFeatures`` on the last
+stage's grid. Build from a :class:`~.dsvt_config.DSVTConfig` with :func:`build_dsvt`.
+
+Compatibility with the authors' code: ``authors_pos_embed=True`` and ``pool_mask_empty=False`` reproduce their
+outputs given their weights (converted by :mod:`.dsvt_convert`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from perception._validate import check_tensor
+from perception.structures import SparseFeatures
+
+from .dsvt_blocks import AttentionPooling, DSVTBlock
+from .dsvt_config import DSVTConfig
+from .dsvt_input import DSVTInputLayer, StageGeometry
+
+
+class DSVTBackbone(nn.Module):
+    """Dynamic sparse voxel transformer.
+
+    Args:
+        input_layer: geometry + positional embeddings for the stages.
+        stages: ``stages[s]`` the DSVT blocks of stage ``s`` (as many as ``input_layer`` has embeddings for).
+        poolings: attention pooling after every stage but the last (``len(stages) - 1`` modules).
+
+    Forward input: :class:`SparseFeatures` with float ``(M, C_in)`` features (``C_in`` = first stage's
+    ``d_model``) and int32 ``(M, 4)`` unique coords on ``input_layer.sparse_shape``. Output: ``SparseFeatures``
+    with ``(M_out, C_out)`` features on the last stage's grid; for a single stage, the input voxels in input order.
+    """
+
+    def __init__(
+        self,
+        *,
+        input_layer: DSVTInputLayer,
+        stages: Sequence[Sequence[DSVTBlock]],
+        poolings: Sequence[AttentionPooling],
+    ) -> None:
+        super().__init__()
+        cfgs = input_layer.stage_configs
+        if len(stages) != len(cfgs):
+            raise ValueError(f"stages has {len(stages)} entries but input_layer has {len(cfgs)} stages")
+        for s, (blocks, cfg) in enumerate(zip(stages, cfgs, strict=True)):
+            if len(blocks) != cfg.num_blocks:
+                raise ValueError(
+                    f"stages[{s}] has {len(blocks)} blocks, input_layer expects {cfg.num_blocks}"
+                )
+        if len(poolings) != len(cfgs) - 1:
+            raise ValueError(
+                f"poolings needs {len(cfgs) - 1} modules (one between stages), got {len(poolings)}"
+            )
+        self.input_layer = input_layer
+        self.stages = nn.ModuleList(nn.ModuleList(blocks) for blocks in stages)
+        self.poolings = nn.ModuleList(poolings)
+        self.in_channels = cfgs[0].d_model
+        self.out_channels = cfgs[-1].d_model
+        self.out_shape = input_layer.stage_shapes[-1]
+
+    def geometry(self, sparse: SparseFeatures, *, backend: str | None = None) -> list[StageGeometry]:
+        """Preprocessing (set partitions, pooling windows) for ``sparse``; no gradient, no parameters."""
+        self._check_input(sparse)
+        return self.input_layer.geometry(sparse.coords, backend=backend)
+
+    def _check_input(self, sparse: SparseFeatures) -> None:
+        if not isinstance(sparse, SparseFeatures):
+            raise TypeError(f"sparse must be SparseFeatures, got {type(sparse).__name__}")
+        check_tensor("sparse.features", sparse.features, shape=(None, self.in_channels))
+        if not sparse.features.is_floating_point():
+            raise TypeError(f"sparse.features must be floating point, got {sparse.features.dtype}")
+        if tuple(sparse.grid_shape) != self.input_layer.sparse_shape:
+            raise ValueError(
+                f"sparse.grid_shape {tuple(sparse.grid_shape)} must equal the backbone's sparse_shape "
+                f"{self.input_layer.sparse_shape}"
+            )
+        if sparse.features.numel() and not bool(torch.isfinite(sparse.features).all()):
+            raise ValueError("sparse.features contains NaN or inf")
+
+    def forward(
+        self, sparse: SparseFeatures, geometry: Sequence[StageGeometry] | None = None
+    ) -> SparseFeatures:
+        """Encode ``sparse``; ``geometry`` (from :meth:`geometry`) is computed when not given."""
+        if geometry is None:
+            geometry = self.geometry(sparse)
+        else:
+            self._check_input(sparse)
+            if len(geometry) != len(self.stages) or geometry[0].num_voxels != sparse.num_voxels:
+                raise ValueError("geometry does not belong to this input (stage count or voxel count differ)")
+        pos = self.input_layer.pos_embeddings(geometry)
+        x = sparse.features
+        for s, (geo, blocks) in enumerate(zip(geometry, self.stages, strict=True)):
+            block: DSVTBlock
+            for b, block in enumerate(blocks):  # type: ignore[arg-type]
+                cfg = self.input_layer.block_configs[s][b]
+                x = block(x, geo.sets[cfg], pos[s][b])
+            if geo.pool is not None:
+                x = self.poolings[s](x, geo.pool)
+        last = geometry[-1]
+        return SparseFeatures(x, last.coords.to(torch.int32), last.sparse_shape, sparse.batch_size)
+
+
+def build_dsvt(cfg: DSVTConfig) -> DSVTBackbone:
+    """Build the backbone described by ``cfg`` (weights initialised as the authors do)."""
+    input_layer = DSVTInputLayer(
+        stages=cfg.stages,
+        sparse_shape=cfg.sparse_shape,
+        normalize_pos=cfg.normalize_pos,
+        authors_pos_embed=cfg.authors_pos_embed,
+    )
+    stages = [
+        [
+            DSVTBlock(
+                d_model=st.d_model,
+                num_heads=st.num_heads,
+                dim_feedforward=st.dim_feedforward,
+                dropout=cfg.dropout,
+                activation=cfg.activation,
+            )
+            for _ in range(st.num_blocks)
+        ]
+        for st in cfg.stages
+    ]
+    poolings = []
+    for st in cfg.stages[:-1]:
+        assert st.downsample_stride is not None  # guaranteed by DSVTConfig validation
+        volume = st.downsample_stride[0] * st.downsample_stride[1] * st.downsample_stride[2]
+        poolings.append(
+            AttentionPooling(
+                d_model=st.d_model,
+                pool_volume=volume,
+                num_heads=cfg.pool_num_heads,
+                mask_empty=cfg.pool_mask_empty,
+            )
+        )
+    model = DSVTBackbone(input_layer=input_layer, stages=stages, poolings=poolings)
+    # The authors re-initialise every matrix (including the pooling slot embeddings) xavier-uniform.
+    for p in model.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+    return model
+
+
+__all__ = ["DSVTBackbone", "build_dsvt"]
