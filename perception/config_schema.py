@@ -27,6 +27,9 @@ from pydantic import (
     model_validator,
 )
 
+from perception.engine.train_config import TrainConfig
+from perception.models.model_config import ModelConfig
+
 
 class _PathMarker:
     """Annotation marker that tags a field as a config-relative path (found by :func:`path_field_keys`)."""
@@ -155,6 +158,8 @@ class ExperimentConfig(_Section):
         data: dataset and voxel grid.
         synthetic: if set, a synthetic dataset of ``data.dataset``'s format is generated into ``data.root``
             when it is missing.
+        model: the detector (:class:`~perception.models.model_config.ModelConfig`), or None for data-only
+            experiments. Its shapes are cross-checked against ``data`` (grid, strides, BEV shape, class names).
         output_root: folder under which runs write ``<config-stem>/<extra-tag>/``. Like every path it resolves
             against the config file's directory, not the working directory (the shipped configs use
             ``../output``, i.e. ``<repo>/output``); default ``output`` beside the config file.
@@ -162,7 +167,9 @@ class ExperimentConfig(_Section):
 
     data: DataConfig
     synthetic: SyntheticDataConfig | None = None
+    model: ModelConfig | None = None
     output_root: ConfigPath = Field(default=Path("output"), validate_default=True)
+    train: TrainConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
@@ -176,6 +183,8 @@ class ExperimentConfig(_Section):
                 raise ValueError(
                     f"synthetic.version ({s.version!r}) must equal data.version ({self.data.version!r})"
                 )
+        if self.model is not None:
+            self.model.plan(self.data)  # raises ValueError naming the keys that disagree
         return self
 
 

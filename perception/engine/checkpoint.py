@@ -1,0 +1,289 @@
+"""Training checkpoints: atomic writes, keep-last-K, and auto-resume that skips corrupt files.
+
+A checkpoint is a ``torch.save`` of a plain dict (loadable with ``torch.load(..., weights_only=True)``):
+
+=================  ===========================================================================================
+``format_version``  :data:`FORMAT_VERSION` (int)
+``model``           model ``state_dict`` (the bare model, never a ``DistributedDataParallel`` wrapper)
+``optimizer``       optimiser ``state_dict``
+``scheduler``       :class:`~perception.engine.optim.OneCycleSchedule` ``state_dict``
+``grad_scaler``     ``torch.amp.GradScaler`` ``state_dict`` (``{}`` when no scaler is used)
+``epoch``           completed epochs (int)
+``iter_in_epoch``   iterations done in the next, unfinished epoch (0 at an epoch boundary)
+``iteration``       global iterations done (int)
+``rng``             per-rank generator states: a list indexed by rank (see :func:`rng_to_plain`)
+``config``          resolved experiment config, :func:`perception.config.config_to_dict` (absolute paths)
+``class_names``     the detector's class list
+``world_size``      processes that wrote it
+=================  ===========================================================================================
+
+File names in ``ckpt/``: ``checkpoint_epoch_<E>.pth`` after ``E`` completed epochs, and
+``checkpoint_epoch_<E>_iter_<J>.pth`` for a run stopped ``J`` iterations into epoch ``E + 1``. Newest = largest
+``(E, J)``. Writes go to a hidden temporary file in the same folder, are flushed and ``fsync``-ed, then renamed
+over the target (``os.replace``, atomic on POSIX), and the folder is ``fsync``-ed: a crash mid-write leaves the
+previous checkpoints intact and at most a stale temporary file, which :class:`CheckpointManager` removes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "CheckpointManager",
+    "atomic_torch_save",
+    "load_checkpoint",
+    "load_model_weights",
+    "rng_from_plain",
+    "rng_to_plain",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = (
+    "format_version",
+    "model",
+    "optimizer",
+    "scheduler",
+    "grad_scaler",
+    "epoch",
+    "iter_in_epoch",
+    "iteration",
+    "rng",
+    "config",
+    "class_names",
+)
+_NAME_RE = re.compile(r"checkpoint_epoch_(\d+)(?:_iter_(\d+))?\.pth\Z")
+_TMP_PREFIX = ".tmp-"
+
+
+class CheckpointError(ValueError):
+    """A file is not a loadable checkpoint of this format (truncated, wrong version, missing keys)."""
+
+
+def rng_to_plain(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Generator states from :func:`perception.engine.rng.capture_rng_state` as tensors / lists / ints only,
+    so the checkpoint loads with ``weights_only=True`` (no pickled numpy objects)."""
+    version, internal, gauss = state["python"]
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    out: dict[str, Any] = {
+        "python": [int(version), [int(v) for v in internal], gauss],
+        "numpy": [
+            str(name),
+            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ],
+        "torch": state["torch"].clone(),
+    }
+    if "cuda" in state:
+        out["cuda"] = [s.clone() for s in state["cuda"]]
+    return out
+
+
+def rng_from_plain(plain: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`rng_to_plain`."""
+    version, internal, gauss = plain["python"]
+    name, keys, pos, has_gauss, cached = plain["numpy"]
+    out: dict[str, Any] = {
+        "python": (int(version), tuple(int(v) for v in internal), gauss),
+        "numpy": (str(name), keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)),
+        "torch": plain["torch"],
+    }
+    if "cuda" in plain:
+        out["cuda"] = list(plain["cuda"])
+    return out
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save(obj, path)`` through a temporary file in the same folder + ``fsync`` + ``os.replace``.
+
+    On any error the temporary file is removed and the error re-raised; an existing ``path`` is untouched.
+    """
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}.{random.getrandbits(32):08x}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a training checkpoint (``weights_only=True``: no arbitrary code runs).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: the file is truncated / not a torch file, of another format version, or lacks keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError / EOFError / UnpicklingError for damaged files
+        raise CheckpointError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict, got {type(state).__name__}")
+    version = state.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {version!r}, this code reads {FORMAT_VERSION}")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: missing keys {missing}")
+    return state
+
+
+def load_model_weights(
+    model: torch.nn.Module, path: str | os.PathLike[str], *, strict: bool = True
+) -> dict[str, Any]:
+    """Load the ``model`` entry of a checkpoint (or a bare ``state_dict`` file) into ``model``.
+
+    Args:
+        strict: require identical keys and shapes. With ``strict=False`` (``--pretrained``) entries whose shape
+            differs are skipped; missing / unexpected / skipped keys are logged.
+
+    Returns:
+        the loaded file's dict (the whole checkpoint, or ``{"model": state_dict}`` for a bare state dict).
+
+    Raises:
+        CheckpointError: the file cannot be loaded or (``strict``) does not fit ``model``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a dict, got {type(data).__name__}")
+    weights = data["model"] if "model" in data and isinstance(data["model"], dict) else data
+    data = data if "model" in data else {"model": weights}
+    own = model.state_dict()
+    if strict:
+        try:
+            model.load_state_dict(weights, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: weights do not fit the model: {exc}") from exc
+        return data
+    fitting = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(k for k in weights if k in own and own[k].shape != weights[k].shape)
+    result = model.load_state_dict(fitting, strict=False)
+    logger.info(
+        "loaded %d/%d tensors from %s (missing %d, unexpected %d, shape mismatch %d%s)",
+        len(fitting),
+        len(own),
+        path,
+        len(result.missing_keys),
+        len(result.unexpected_keys),
+        len(skipped),
+        f": {skipped[:5]}" if skipped else "",
+    )
+    return data
+
+
+class CheckpointManager:
+    """Checkpoints of one run in ``directory``: naming, atomic saving, keep-last-K, auto-resume.
+
+    Args:
+        directory: the run's ``ckpt/`` folder (created).
+        keep_last: how many of the newest checkpoints to keep, ``>= 1``.
+        clean_stale: remove temporary files left by a crash mid-write (only one process should do this).
+    """
+
+    def __init__(
+        self, directory: str | os.PathLike[str], keep_last: int, *, clean_stale: bool = True
+    ) -> None:
+        if not isinstance(keep_last, int) or keep_last < 1:
+            raise ValueError(f"keep_last must be an int >= 1, got {keep_last!r}")
+        self.directory = Path(directory).absolute()
+        self.keep_last = keep_last
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if clean_stale:
+            for stale in self.directory.glob(f"{_TMP_PREFIX}*"):
+                logger.warning("removing stale temporary checkpoint file %s (a write was interrupted)", stale)
+                stale.unlink(missing_ok=True)
+
+    @staticmethod
+    def name_for(epoch: int, iter_in_epoch: int = 0) -> str:
+        """File name after ``epoch`` completed epochs and ``iter_in_epoch`` iterations of the next one."""
+        if epoch < 0 or iter_in_epoch < 0:
+            raise ValueError(f"epoch and iter_in_epoch must be >= 0, got {epoch}, {iter_in_epoch}")
+        suffix = f"_iter_{iter_in_epoch}" if iter_in_epoch else ""
+        return f"checkpoint_epoch_{epoch}{suffix}.pth"
+
+    @staticmethod
+    def sort_key(path: Path) -> tuple[int, int] | None:
+        """``(epoch, iter_in_epoch)`` parsed from a checkpoint file name; None for other files."""
+        m = _NAME_RE.match(path.name)
+        return (int(m.group(1)), int(m.group(2) or 0)) if m else None
+
+    def checkpoints(self) -> list[Path]:
+        """Checkpoint files in the folder, oldest first."""
+        found = [(k, p) for p in self.directory.glob("checkpoint_epoch_*.pth") if (k := self.sort_key(p))]
+        return [p for _, p in sorted(found)]
+
+    def save(self, state: dict[str, Any]) -> Path:
+        """Atomically write ``state`` (a dict with the keys of the module docstring) and prune to ``keep_last``.
+
+        Raises:
+            ValueError: ``state`` lacks a required key (checked before anything is written).
+        """
+        missing = [k for k in REQUIRED_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"checkpoint state is missing keys {missing}")
+        path = atomic_torch_save(
+            state, self.directory / self.name_for(state["epoch"], state["iter_in_epoch"])
+        )
+        for old in self.checkpoints()[: -self.keep_last]:
+            if old != path:
+                old.unlink(missing_ok=True)
+        return path
+
+    def latest_loadable(self, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that loads and passes :func:`load_checkpoint`'s checks, or None if none does.
+
+        Each newer file that fails to load is reported with a ``UserWarning`` (and in the log) and skipped.
+        """
+        for path in reversed(self.checkpoints()):
+            try:
+                return path, load_checkpoint(path, map_location)
+            except CheckpointError as exc:
+                msg = f"skipping corrupt checkpoint {path}: {exc}"
+                logger.warning(msg)
+                warnings.warn(msg, stacklevel=2)
+        return None

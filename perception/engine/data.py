@@ -1,0 +1,227 @@
+"""Datasets, augmentation and samplers for training and testing, built from an :class:`ExperimentConfig`.
+
+* :func:`prepare_data` generates the synthetic data set of the config's ``synthetic`` section when
+  ``data.root`` lacks it, and writes the info files (and the train GT database) when they are missing.
+* :func:`build_dataset` returns a :class:`~perception.datasets.nuscenes.NuScenesDataset` or
+  :class:`~perception.datasets.kitti.KittiDataset` for an info split (``train`` / ``val``; ``test`` for KITTI).
+* :func:`build_train_transforms` turns ``train.augment`` into the transform list (GT sampling with its fade,
+  flip, rotation, scaling, translation, and a final point-range / object-range filter).
+* :func:`build_train_sampler` returns the sharded training sampler (class-balanced with ``train.cbgs``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from perception.config_schema import ExperimentConfig
+from perception.engine.distributed import DistInfo, ShardedSampler
+from perception.engine.train_config import TrainConfig
+from perception.structures import Sample
+
+__all__ = [
+    "build_dataset",
+    "build_train_sampler",
+    "build_train_transforms",
+    "eval_set_name",
+    "prepare_data",
+]
+
+logger = logging.getLogger(__name__)
+Mode = Literal["train", "val", "test"]
+
+
+def _infos_file(cfg: ExperimentConfig, split: str) -> Path:
+    d = cfg.data
+    if d.dataset == "nuscenes":
+        from perception.datasets.nuscenes_infos import infos_path
+
+        assert d.version is not None
+        return infos_path(d.root, d.version, d.max_sweeps, split)
+    from perception.datasets.kitti_infos import infos_path as kitti_infos_path
+
+    return kitti_infos_path(d.root, split)
+
+
+def _gt_database_dir(cfg: ExperimentConfig) -> Path:
+    d = cfg.data
+    if d.dataset == "nuscenes":
+        from perception.datasets.nuscenes_infos import gt_database_dir
+
+        assert d.version is not None
+        return gt_database_dir(d.root, d.version, d.max_sweeps)
+    from perception.datasets.kitti_infos import GT_DATABASE_DIR
+
+    return Path(d.root) / GT_DATABASE_DIR
+
+
+def eval_set_name(cfg: ExperimentConfig, split: str) -> str:
+    """The nuScenes devkit's ``eval_set`` for an info split (``val`` -> ``mini_val`` on v1.0-mini); KITTI: as is."""
+    if cfg.data.dataset != "nuscenes":
+        return split
+    from perception.datasets.nuscenes_infos import split_names
+
+    assert cfg.data.version is not None
+    train, val = split_names(cfg.data.version)
+    names = {"train": train, "val": val}
+    if split not in names:
+        raise ValueError(f"nuScenes info splits are 'train' and 'val', got {split!r}")
+    return names[split]
+
+
+def prepare_data(cfg: ExperimentConfig, *, workers: int = 0, progress: bool = False) -> None:
+    """Make sure ``data.root`` holds the data set and its info files (generate / create what is missing).
+
+    Call it on one process only (rank 0), then synchronise.
+
+    Raises:
+        FileNotFoundError: ``data.root`` lacks the data set and the config has no ``synthetic`` section.
+    """
+    d = cfg.data
+    root = Path(d.root)
+    present = (root / (d.version or "")).is_dir() if d.dataset == "nuscenes" else (root / "training").is_dir()
+    if not present:
+        if cfg.synthetic is None:
+            raise FileNotFoundError(
+                f"data.root {root} holds no {d.dataset} data set and the config has no 'synthetic' section"
+            )
+        from perception.datasets.synthetic import SyntheticParams, generate
+
+        s = cfg.synthetic
+        params = SyntheticParams(
+            format=s.format,
+            version=s.version,
+            scenes=s.scenes,
+            samples=s.samples,
+            sweeps=s.sweeps if s.format == "nuscenes" else 0,
+            cameras=s.cameras,
+            seed=s.seed,
+        )
+        logger.info("generating a synthetic %s data set in %s", s.format, root)
+        generate(params, root)
+    if (
+        all(_infos_file(cfg, split).is_file() for split in ("train", "val"))
+        and _gt_database_dir(cfg).is_dir()
+    ):
+        return
+    logger.info("creating info files and the GT database in %s", root)
+    if d.dataset == "nuscenes":
+        from perception.datasets.nuscenes_infos import create_nuscenes_infos
+
+        assert d.version is not None
+        create_nuscenes_infos(root, d.version, max_sweeps=d.max_sweeps, workers=workers, progress=progress)
+    else:
+        from perception.datasets.kitti_infos import create_kitti_infos
+
+        create_kitti_infos(root, workers=workers, progress=progress)
+
+
+def build_train_transforms(cfg: ExperimentConfig, train: TrainConfig) -> list[Any]:
+    """Augmentation transforms of ``train.augment`` in order, then the point-range and object-range filters."""
+    from perception.datasets import transforms as T
+
+    aug = train.augment
+    out: list[Any] = []
+    if aug.gt_sampling is not None:
+        from perception.datasets.gt_database import GTDatabase
+        from perception.datasets.gt_sampling import GTSampling
+
+        g = aug.gt_sampling
+        unknown = sorted(set(g.sample_counts) - set(cfg.data.class_names))
+        if unknown:
+            raise ValueError(
+                f"train.augment.gt_sampling.sample_counts names classes not in data.class_names: {unknown}"
+            )
+        out.append(
+            GTSampling(
+                GTDatabase(_gt_database_dir(cfg)),
+                cfg.data.class_names,
+                g.sample_counts,
+                min_points=g.min_points,
+                drop_difficulties={-1} if cfg.data.dataset == "kitti" else (),
+                remove_extra_width=g.remove_extra_width,
+                fade_last_epochs=g.fade_last_epochs,
+                total_epochs=train.epochs,
+            )
+        )
+    if aug.flip_x or aug.flip_y:
+        out.append(T.RandomFlip(x=aug.flip_x, y=aug.flip_y))
+    if aug.rotation is not None:
+        out.append(T.GlobalRotation(aug.rotation))
+    if aug.scaling is not None:
+        out.append(T.GlobalScaling(aug.scaling))
+    if aug.translation_std is not None:
+        out.append(T.GlobalTranslation(aug.translation_std))
+    if out:
+        out.append(T.PointRangeFilter(cfg.data.point_cloud_range))
+        out.append(T.ObjectRangeFilter(cfg.data.point_cloud_range))
+    return out
+
+
+def build_dataset(
+    cfg: ExperimentConfig,
+    split: str,
+    mode: Mode,
+    *,
+    train: TrainConfig | None = None,
+) -> torch.utils.data.Dataset[Sample]:
+    """The data set of info split ``split`` (``train`` / ``val``, KITTI also ``test``).
+
+    Args:
+        mode: ``train`` (augmentation of ``train.augment``, ``train.min_points_in_gt``), ``val`` (ground truth,
+            no augmentation) or ``test`` (no ground truth).
+        train: the ``train:`` section (needed for ``mode="train"``).
+    """
+    d = cfg.data
+    if mode == "train" and train is None:
+        raise ValueError("build_dataset(mode='train') needs the train config")
+    common: dict[str, Any] = dict(
+        class_names=d.class_names,
+        point_cloud_range=d.point_cloud_range,
+        infos_path=_infos_file(cfg, split),
+        root=d.root,
+        max_sweeps=d.max_sweeps,
+        use_cameras=d.use_cameras,
+        mode=mode,
+    )
+    if mode == "train":
+        assert train is not None
+        common.update(
+            transforms=build_train_transforms(cfg, train),
+            min_points_in_gt=train.min_points_in_gt,
+            seed=train.seed,
+        )
+    if d.dataset == "nuscenes":
+        from perception.datasets.nuscenes import NuScenesDataset
+
+        return NuScenesDataset(**common)
+    from perception.datasets.kitti import KittiDataset
+
+    return KittiDataset(**common)
+
+
+def build_train_sampler(
+    dataset: torch.utils.data.Dataset[Sample], train: TrainConfig, dist: DistInfo
+) -> torch.utils.data.Sampler[int]:
+    """Sharded shuffled sampler, or CBGS (:class:`~perception.datasets.cbgs.ClassBalancedSampler`) with
+    ``train.cbgs`` (the dataset must have ``info_class_names(index)``)."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if not train.cbgs:
+        return ShardedSampler(n, dist.world_size, dist.rank, shuffle=True, seed=train.seed)
+    from perception.datasets.cbgs import ClassBalancedSampler
+
+    names_of = getattr(dataset, "info_class_names", None)
+    if names_of is None:
+        raise TypeError(
+            f"train.cbgs needs a dataset with info_class_names(index), got {type(dataset).__name__}"
+        )
+    return ClassBalancedSampler(
+        [names_of(i) for i in range(n)],
+        dataset.class_names,  # type: ignore[attr-defined]
+        seed=train.seed,
+        num_replicas=dist.world_size,
+        rank=dist.rank,
+    )

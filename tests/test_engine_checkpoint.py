@@ -1,0 +1,176 @@
+"""Checkpoints: atomic writes (a failure mid-write leaves the previous file intact and no temporary file),
+keep-last-K, auto-resume skipping a corrupt newest file with a warning, generator-state round trips, and loading
+weights strictly (``--ckpt``) or leniently (``--pretrained``)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import perception.engine.checkpoint as ckpt_mod
+from perception.engine.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    CheckpointManager,
+    atomic_torch_save,
+    load_checkpoint,
+    load_model_weights,
+    rng_from_plain,
+    rng_to_plain,
+)
+from perception.engine.rng import capture_rng_state, restore_rng_state
+
+
+def _state(epoch: int, iter_in_epoch: int = 0, value: float = 0.0) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": {"w": torch.full((3,), value)},
+        "optimizer": {},
+        "scheduler": {},
+        "grad_scaler": {},
+        "epoch": epoch,
+        "iter_in_epoch": iter_in_epoch,
+        "iteration": epoch * 10 + iter_in_epoch,
+        "rng": [rng_to_plain(capture_rng_state())],
+        "config": {"data": {"dataset": "nuscenes"}},
+        "class_names": ["car"],
+        "world_size": 1,
+    }
+
+
+def test_failure_mid_write_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mgr = CheckpointManager(tmp_path, keep_last=3)
+    first = mgr.save(_state(1, value=1.0))
+    before = first.read_bytes()
+
+    real_save = torch.save
+
+    def failing_save(obj: Any, f: Any) -> None:
+        real_save(obj, f)
+        f.flush()
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        mgr.save(_state(1, value=2.0))  # same name: would overwrite checkpoint_epoch_1.pth
+    with pytest.raises(OSError, match="disk full"):
+        mgr.save(_state(2, value=2.0))
+    monkeypatch.setattr(ckpt_mod.torch, "save", real_save)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch_1.pth"]  # no temporary files
+    assert first.read_bytes() == before
+    assert torch.equal(load_checkpoint(first)["model"]["w"], torch.full((3,), 1.0))
+
+
+def test_interrupted_write_leftover_is_cleaned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    stale = tmp_path / ".tmp-checkpoint_epoch_3.pth.1234.deadbeef"
+    stale.write_bytes(b"partial")
+    keep = tmp_path / "checkpoint_epoch_2.pth"
+    atomic_torch_save(_state(2), keep)
+    with caplog.at_level("WARNING", logger="perception.engine.checkpoint"):
+        mgr = CheckpointManager(tmp_path, keep_last=2)
+    assert not stale.exists() and keep.exists()
+    assert "stale temporary checkpoint" in caplog.text
+    assert mgr.checkpoints() == [keep]
+
+
+def test_keep_last_k_and_ordering(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, keep_last=2)
+    for e in range(1, 5):
+        mgr.save(_state(e))
+    assert [p.name for p in mgr.checkpoints()] == ["checkpoint_epoch_3.pth", "checkpoint_epoch_4.pth"]
+    mgr.save(_state(4, iter_in_epoch=7))  # stopped 7 iterations into epoch 5: newer than epoch 4
+    assert [p.name for p in mgr.checkpoints()] == ["checkpoint_epoch_4.pth", "checkpoint_epoch_4_iter_7.pth"]
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    assert len(mgr.checkpoints()) == 2
+    with pytest.raises(ValueError, match="missing keys"):
+        mgr.save({"epoch": 5})
+    with pytest.raises(ValueError, match="keep_last"):
+        CheckpointManager(tmp_path, keep_last=0)
+
+
+def test_auto_resume_skips_corrupt_newest_with_warning(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, keep_last=5)
+    mgr.save(_state(1, value=1.0))
+    newest = mgr.save(_state(2, value=2.0))
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])  # truncated, as after a crash of a non-atomic writer
+    (tmp_path / "checkpoint_epoch_3.pth").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="skipping corrupt checkpoint") as record:
+        found = mgr.latest_loadable()
+    assert len(record) == 2
+    assert found is not None
+    path, state = found
+    assert path.name == "checkpoint_epoch_1.pth" and state["epoch"] == 1
+
+
+def test_auto_resume_nothing_to_resume(tmp_path: Path) -> None:
+    assert CheckpointManager(tmp_path, keep_last=1).latest_loadable() is None
+
+
+def test_load_checkpoint_rejects_wrong_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "nope.pth")
+    atomic_torch_save({"format_version": 99}, tmp_path / "v99.pth")
+    with pytest.raises(CheckpointError, match="format_version 99"):
+        load_checkpoint(tmp_path / "v99.pth")
+    state = _state(1)
+    del state["rng"]
+    atomic_torch_save(state, tmp_path / "norng.pth")
+    with pytest.raises(CheckpointError, match="missing keys \\['rng'\\]"):
+        load_checkpoint(tmp_path / "norng.pth")
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
+    path = CheckpointManager(tmp_path, keep_last=1).save(_state(1))
+    torch.load(path, weights_only=True)  # no pickled numpy / python objects inside
+
+
+def test_rng_state_round_trip() -> None:
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    np.random.standard_normal()  # leave a cached gaussian in numpy's state
+    plain = rng_to_plain(capture_rng_state())
+    expected = (random.random(), np.random.standard_normal(3), torch.rand(3))
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    restore_rng_state(rng_from_plain(plain))
+    got = (random.random(), np.random.standard_normal(3), torch.rand(3))
+    assert got[0] == expected[0]
+    assert np.array_equal(got[1], expected[1])
+    assert torch.equal(got[2], expected[2])
+    with pytest.raises(ValueError, match="missing"):
+        restore_rng_state({"python": random.getstate()})
+
+
+def test_load_model_weights_strict_and_pretrained(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    src = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+    state = _state(1)
+    state["model"] = src.state_dict()
+    path = CheckpointManager(tmp_path, keep_last=1).save(state)
+
+    same = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+    load_model_weights(same, path, strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(same.parameters(), src.parameters(), strict=True))
+
+    other = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 5))  # different head size
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_model_weights(other, path, strict=True)
+    head_before = other[1].weight.detach().clone()
+    load_model_weights(other, path, strict=False)  # --pretrained: matching tensors only
+    assert torch.equal(other[0].weight, src[0].weight)
+    assert torch.equal(other[1].weight, head_before)
+
+    bare = tmp_path / "bare.pth"
+    torch.save(src.state_dict(), bare)  # a plain state_dict file also works for --pretrained
+    fresh = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+    load_model_weights(fresh, bare, strict=True)
+    assert torch.equal(fresh[1].bias, src[1].bias)

@@ -1,0 +1,191 @@
+"""``tools/train.py`` + ``tools/test.py`` end to end on a tiny synthetic nuScenes-mini set with the tiny
+CenterPoint config: the output folder layout, TensorBoard scalars (every loss term, LR, data / forward / backward
+time), the loss falling over two dozen iterations, stop + auto-resume from the command line, official devkit
+metrics, and re-scoring saved detections without inference giving the same metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "tiny_centerpoint_spconv.yaml"
+pytestmark = pytest.mark.slow
+
+
+def _run(tool: str, *args: str, tmp: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    overrides = [
+        f"data.root={tmp / 'data'}",
+        f"output_root={tmp / 'out'}",
+        "synthetic.scenes=2",
+        "synthetic.samples=2",
+        "synthetic.sweeps=1",
+        "synthetic.cameras=none",
+    ]
+    cmd = [
+        sys.executable,
+        str(REPO / "tools" / tool),
+        str(CONFIG),
+        *args,
+        "--no-progress",
+        "--set",
+        *overrides,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Train 12 epochs x 2 iterations (2 samples, batch 1), stopping after 11 iterations and resuming."""
+    tmp = tmp_path_factory.mktemp("tools")
+    train_args = ["--epochs", "12", "--batch-size", "1", "--set", "train.log_interval=1", "train.keep_last=2"]
+    first = _run("train.py", *train_args, "--max-iterations", "11", tmp=tmp)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp / "out" / "tiny_centerpoint_spconv" / "default"
+    assert (run / "ckpt" / "checkpoint_epoch_5_iter_1.pth").is_file()
+    second = _run("train.py", *train_args, tmp=tmp)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stderr and "checkpoint_epoch_5_iter_1.pth" in second.stderr
+    return run
+
+
+def test_train_output_layout_and_logs(trained: Path) -> None:
+    assert sorted(p.name for p in trained.iterdir()) >= ["ckpt", "config.yaml", "log.txt", "tensorboard"]
+    assert sorted(p.name for p in (trained / "ckpt").iterdir()) == [
+        "checkpoint_epoch_11.pth",
+        "checkpoint_epoch_12.pth",
+    ]  # keep_last=2
+    from perception.config import load_config
+
+    saved = load_config(trained / "config.yaml")
+    assert saved.train is not None and saved.train.epochs == 12 and saved.train.batch_size == 1
+    assert saved.model is not None
+    log = (trained / "log.txt").read_text()
+    assert "1 per process x 1 process(es) = 1 global" in log and "peak LR" in log
+    assert "resumed from" in log  # the resumed run appends to the same log
+
+
+def test_tensorboard_scalars_and_loss_falls(trained: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(trained / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "time/data", "time/forward", "time/backward"):
+        assert tag in tags, sorted(tags)
+    assert {f"train/task{i}.heatmap" for i in range(6)} <= tags and "train/task0.bbox" in tags
+    loss = {e.step: e.value for e in acc.Scalars("train/loss")}
+    assert sorted(loss) == list(range(1, 25))  # every iteration of both invocations, no gap at the resume
+    first, last = sum(loss[i] for i in range(1, 5)) / 4, sum(loss[i] for i in range(21, 25)) / 4
+    assert last < 0.5 * first, (first, last)
+    lr = [e.value for e in acc.Scalars("train/lr")]
+    assert max(lr) == pytest.approx(3e-3, rel=0.05) and lr[-1] < lr[0]  # one-cycle: up, then below the start
+
+
+def test_test_py_official_metrics_and_rescoring(trained: Path) -> None:
+    tmp = trained.parents[2]
+    # --eval-all scores every checkpoint of the folder not listed as done yet: mark epoch 11 done
+    (trained / "eval").mkdir(exist_ok=True)
+    (trained / "eval" / "eval_all_list.txt").write_text("checkpoint_epoch_11.pth\n")
+    res = _run("test.py", "--eval-all", str(trained / "ckpt"), "--save-dets", tmp=tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (trained / "eval" / "eval_all_list.txt").read_text().split() == [
+        "checkpoint_epoch_11.pth",
+        "checkpoint_epoch_12.pth",
+    ]
+    assert not (trained / "eval" / "epoch_11").exists()
+    summary = json.loads((trained / "eval" / "eval_all.json").read_text())
+    assert list(summary) == ["checkpoint_epoch_12.pth"]
+    assert any((trained / "tensorboard_eval").iterdir())
+    out = trained / "eval" / "epoch_12" / "val"
+    for name in (
+        "metrics.json",
+        "metrics_summary.json",
+        "metrics_details.json",
+        "results_nusc.json",
+        "detections.pth",
+    ):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    devkit = json.loads((out / "metrics_summary.json").read_text())
+    assert metrics["mAP"] == devkit["mean_ap"] and metrics["NDS"] == devkit["nd_score"]
+    assert 0.0 <= metrics["NDS"] <= 1.0 and "car_AP" in metrics
+    assert "NDS" in res.stdout
+
+    again = _run("test.py", "--from-dets", str(out / "detections.pth"), tmp=tmp)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rescored = json.loads((trained / "eval" / "from_dets" / "val" / "metrics.json").read_text())
+    assert rescored == metrics
+    assert summary["checkpoint_epoch_12.pth"] == metrics
+
+
+def test_gt_sampling_augmentation_and_fade(trained: Path) -> None:
+    """``train.augment.gt_sampling`` pastes database objects (built by the same run) until the fade epochs."""
+    from perception.config import load_config
+    from perception.engine.data import build_dataset, build_train_transforms
+
+    tmp = trained.parents[2]
+    overrides = [
+        f"data.root={tmp / 'data'}",
+        "train.epochs=2",
+        "train.augment.gt_sampling.sample_counts={car: 30, pedestrian: 30}",
+        "train.augment.gt_sampling.fade_last_epochs=1",
+        "train.augment.flip_x=true",
+        "train.augment.rotation=[-0.3, 0.3]",
+    ]
+    cfg = load_config(CONFIG, overrides)
+    assert cfg.train is not None
+    plain = build_dataset(cfg, "train", "val")[0]
+    data = build_dataset(cfg, "train", "train", train=cfg.train)
+    data.set_epoch(0)  # type: ignore[attr-defined]
+    pasted = data[0]
+    data.set_epoch(1)  # type: ignore[attr-defined]
+    faded = data[0]
+    assert len(pasted.boxes) > len(plain.boxes) and len(pasted.points) != len(plain.points)
+    assert len(faded.boxes) == len(plain.boxes)  # GT sampling off in the last epoch; flip / rotation stay on
+    assert not torch.equal(faded.points.tensor, plain.points.tensor)
+    bad = load_config(CONFIG, [*overrides, "train.augment.gt_sampling.sample_counts={Car: 3}"])
+    assert bad.train is not None
+    with pytest.raises(ValueError, match="not in data.class_names"):
+        build_train_transforms(bad, bad.train)
+
+
+def _load_tool(name: str) -> object:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_tool_{name}", REPO / "tools" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tools_report_bad_usage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train, test = _load_tool("train"), _load_tool("test")
+    no_model = tmp_path / "nomodel.yaml"
+    no_model.write_text(
+        (REPO / "configs" / "demo_nuscenes_mini.yaml").read_text().replace("../", str(REPO) + "/")
+    )
+    assert train.main([str(no_model), "--set", "train.epochs=0"]) == 2  # type: ignore[attr-defined]
+    assert "train.epochs" in capsys.readouterr().err
+    assert train.main([str(no_model)]) == 2  # type: ignore[attr-defined]
+    assert "no 'model:' section" in capsys.readouterr().err
+    out = f"output_root={tmp_path / 'out'}"
+    missing = str(tmp_path / "missing.pth")
+    assert train.main([str(CONFIG), "--ckpt", missing, "--set", out]) == 2  # type: ignore[attr-defined]
+    assert "--ckpt" in capsys.readouterr().err
+    assert test.main([str(CONFIG), "--ckpt", missing, "--set", out]) == 2  # type: ignore[attr-defined]
+    assert "missing.pth: no such checkpoint" in capsys.readouterr().err
+    assert test.main([str(CONFIG), "--from-dets", missing, "--set", out]) == 2  # type: ignore[attr-defined]
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written for bad usage
+    with pytest.raises(SystemExit):
+        test.main([str(CONFIG), "--ckpt", missing, "--from-dets", missing])  # type: ignore[attr-defined]
+    assert "not allowed with argument" in capsys.readouterr().err

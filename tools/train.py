@@ -1,0 +1,198 @@
+#!/usr/bin/env python
+"""Train a detector.
+
+    python tools/train.py CONFIG [--batch-size N] [--epochs N] [--workers N] [--ckpt PATH] [--pretrained PATH]
+                          [--amp] [--launcher none|pytorch] [--sync-bn] [--extra-tag TAG] [--seed N]
+                          [--deterministic] [--set KEY=VALUE ...]
+
+    torchrun --nproc-per-node 2 tools/train.py CONFIG --launcher pytorch     # 2 processes (gloo on CPU, nccl on GPU)
+
+Outputs go to ``<output_root>/<config-stem>/<extra-tag>/``: ``log.txt``, ``config.yaml`` (the resolved config),
+``ckpt/checkpoint_epoch_<N>.pth``, ``tensorboard/`` and ``eval/epoch_<N>/`` (with ``train.eval_interval``).
+Without ``--ckpt`` a run resumes from the newest loadable checkpoint in its ``ckpt/`` folder (a corrupt newest file
+is skipped with a warning); ``--pretrained`` loads only matching weights into a fresh run. The command-line flags
+override the config's ``train:`` keys (``--batch-size`` is per process; the global batch and the LR used are
+logged). The data set (synthetic, if the config says so) and its info files are created when missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger("perception.tools.train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from perception.config import add_config_args
+
+    p = argparse.ArgumentParser(
+        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_config_args(p)
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="samples per process and step (train.batch_size)"
+    )
+    p.add_argument("--epochs", type=int, default=None, help="number of epochs (train.epochs)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers per process (train.workers)")
+    p.add_argument(
+        "--ckpt", type=Path, default=None, help="checkpoint to resume from (default: newest in ckpt/)"
+    )
+    p.add_argument("--pretrained", type=Path, default=None, help="initialise matching weights from this file")
+    p.add_argument(
+        "--amp", action="store_true", help="mixed precision: bf16 on CPU, fp16 + grad scaler on GPU"
+    )
+    p.add_argument(
+        "--launcher", choices=["none", "pytorch"], default="none", help="pytorch: started by torchrun"
+    )
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (GPUs only)")
+    p.add_argument("--extra-tag", default="default", help="run name under output/<config-stem>/")
+    p.add_argument("--seed", type=int, default=None, help="random seed (train.seed)")
+    p.add_argument(
+        "--deterministic", action="store_true", help="deterministic algorithms (train.deterministic)"
+    )
+    p.add_argument(
+        "--max-iterations",
+        type=int,
+        default=None,
+        help="stop once this many iterations are done in total (a checkpoint is written; run again to continue)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The command-line flags as ``--set`` items (applied after the config's own ``--set``)."""
+    items = []
+    for flag, key in (
+        ("batch_size", "batch_size"),
+        ("epochs", "epochs"),
+        ("workers", "workers"),
+        ("seed", "seed"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            items.append(f"train.{key}={int(value)}")
+    if args.amp:
+        items.append("train.amp=true")
+    if args.deterministic:
+        items.append("train.deterministic=true")
+    return items
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from perception.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, [*args.set, *_flag_overrides(args)])
+        if cfg.model is None:
+            raise ConfigError(f"{args.config}: the config has no 'model:' section; nothing to train")
+        return _train(args, cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace, cfg: object) -> int:
+    for flag, path in (("--ckpt", args.ckpt), ("--pretrained", args.pretrained)):
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"{flag} {path}: no such file")
+    import torch
+
+    from perception.config import config_to_dict, save_config
+    from perception.config_schema import ExperimentConfig
+    from perception.engine.checkpoint import load_model_weights
+    from perception.engine.data import build_dataset, build_train_sampler, prepare_data
+    from perception.engine.distributed import barrier, cleanup_distributed, init_distributed
+    from perception.engine.inference import evaluate_detections, run_inference
+    from perception.engine.logger import setup_logging
+    from perception.engine.paths import run_dir_for
+    from perception.engine.rng import align_numba_threads, seed_everything, set_deterministic
+    from perception.engine.train_config import TrainConfig
+    from perception.engine.trainer import Trainer
+    from perception.models.build import build_detector
+
+    assert isinstance(cfg, ExperimentConfig)
+    if cfg.train is None:
+        cfg = cfg.model_copy(update={"train": TrainConfig()})
+    train = cfg.train
+    assert train is not None and cfg.model is not None
+    run_dir = run_dir_for(args.config, cfg.output_root, args.extra_tag)
+    dist = init_distributed(args.launcher)
+    try:
+        setup_logging(run_dir / "log.txt", dist.rank)
+        if dist.is_main:
+            logger.info("command: %s", shlex.join([sys.argv[0], *(sys.argv[1:])]))
+            logger.info("run folder: %s", run_dir)
+            save_config(cfg, run_dir / "config.yaml")
+        threads = align_numba_threads()
+        logger.info("threads per process: %d (torch and numba)", threads)
+        seed_everything(train.seed + dist.rank)
+        set_deterministic(train.deterministic)
+        if dist.is_main:
+            prepare_data(cfg, workers=train.workers)
+        barrier(dist)
+        split = train.split or "train"
+        val_split = train.val_split or "val"
+        train_set = build_dataset(cfg, split, "train", train=train)
+        sampler = build_train_sampler(train_set, train, dist)
+        logger.info(
+            "training set: %s split '%s', %d samples (%d per epoch and process)",
+            cfg.data.dataset,
+            split,
+            len(train_set),
+            len(sampler),
+        )
+        model = build_detector(cfg.model, cfg.data)
+        if args.pretrained is not None:
+            load_model_weights(model, args.pretrained, strict=False)
+        logger.info(
+            "model: %s, %.2f M parameters",
+            type(model).__name__,
+            sum(p.numel() for p in model.parameters()) / 1e6,
+        )
+
+        def evaluate(m: torch.nn.Module, epoch: int) -> dict[str, float]:
+            val_set = build_dataset(cfg, val_split, "val")
+            dets = run_inference(
+                m, val_set, batch_size=train.batch_size, workers=train.workers, device=dist.device,
+                amp=train.amp, show_progress=not args.no_progress,
+            )  # fmt: skip
+            return evaluate_detections(cfg, dets, val_split, run_dir / "eval" / f"epoch_{epoch}" / val_split)
+
+        trainer = Trainer(
+            model=model,
+            train_set=train_set,
+            cfg=train,
+            run_dir=run_dir,
+            dist=dist,
+            class_names=cfg.data.class_names,
+            config_dict=config_to_dict(cfg),
+            sampler=sampler,
+            evaluate=evaluate,
+            sync_bn=args.sync_bn,
+            show_progress=not args.no_progress,
+        )
+        trainer.resume(args.ckpt)
+        result = trainer.fit(max_iterations=args.max_iterations)
+        trainer.writer.close()
+        logger.info(
+            "stopped at epoch %d + %d iterations (global %d); %d step(s) skipped; last checkpoint: %s",
+            result.epoch,
+            result.iter_in_epoch,
+            result.iteration,
+            result.skipped_steps,
+            result.checkpoint,
+        )
+    finally:
+        cleanup_distributed(dist)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
