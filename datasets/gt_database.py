@@ -11,26 +11,27 @@ exactly ``n * C * 4`` bytes where ``C = len(point_channels)`` of the index. Boxe
 sample's LiDAR frame (``[x, y, z, dx, dy, dz, yaw]`` or with ``[vx, vy]``); the point ``xyz`` are relative to
 the box centre (not rotated), so pasting an object at its original position adds the box centre back.
 
-Writing is crash safe and parallel safe: every file is written to a temporary file in the same directory,
-fsynced and renamed over the target, so a reader never sees a partial file. :func:`write_sample_objects` writes
-only inside ``objects/<sample_token>/``, so worker processes handling different samples never touch the same
-file; rewriting a sample gives the same files (and removes files a previous run left that the new run does not
-write). :func:`read_sample_entries` lets an interrupted run skip samples that are already complete.
+Writing is crash safe and parallel safe: every file is written with :mod:`perception.io_atomic` (a temporary
+file in the same directory, fsynced and renamed over the target), so a reader never sees a partial file.
+:func:`write_sample_objects` writes only inside ``objects/<sample_token>/``, so worker processes handling
+different samples never touch the same file; rewriting a sample gives the same files (and removes files a
+previous run left that the new run does not write). :func:`read_sample_entries` lets an interrupted run skip
+samples that are already complete.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from perception.io_atomic import atomic_json_dump, atomic_write_bytes, fsync_dir
 
 __all__ = [
     "FORMAT_VERSION",
@@ -187,33 +188,6 @@ class GTDatabaseEntry:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, and rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. platforms where directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_sample_objects(
     db_dir: Path | str, sample_token: str, objects: Sequence[GTObject]
 ) -> list[GTDatabaseEntry]:
@@ -246,7 +220,9 @@ def write_sample_objects(
     entries = []
     for i, obj in enumerate(objects):
         name = f"{i:04d}_{_UNSAFE_RE.sub('_', obj.class_name)}.bin"
-        _atomic_write(sample_dir / name, np.ascontiguousarray(obj.points, dtype="<f4").tobytes())
+        atomic_write_bytes(
+            sample_dir / name, np.ascontiguousarray(obj.points, dtype="<f4").tobytes(), sync_dir=False
+        )
         entries.append(
             GTDatabaseEntry(
                 class_name=obj.class_name,
@@ -262,14 +238,14 @@ def write_sample_objects(
         "sample_token": token,
         "entries": [e.to_json() for e in entries],
     }
-    _atomic_write(sample_dir / _MANIFEST, json.dumps(manifest).encode())
+    atomic_json_dump(sample_dir / _MANIFEST, manifest, sync_dir=False)
     keep = {Path(e.path).name for e in entries} | {_MANIFEST}
     for (
         stale
     ) in sample_dir.iterdir():  # leftovers of an earlier run of this sample (this process owns the dir)
         if stale.name not in keep and (stale.suffix == ".bin" or stale.name.endswith(".tmp")):
             stale.unlink(missing_ok=True)
-    _fsync_dir(sample_dir)
+    fsync_dir(sample_dir)
     return entries
 
 
@@ -321,8 +297,7 @@ def write_index(
     }
     db.mkdir(parents=True, exist_ok=True)
     path = db / INDEX_NAME
-    _atomic_write(path, json.dumps(index).encode())
-    _fsync_dir(db)
+    atomic_json_dump(path, index)
     return path
 
 

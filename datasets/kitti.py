@@ -15,9 +15,8 @@ never), with the centre inside the range. Boxes without points are **kept** unle
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -25,16 +24,14 @@ from PIL import Image
 
 from perception.structures import Boxes3D, CameraRig, Points, Sample
 
+from .base import DetectionDataset, Mode, Transform, check_mode
 from .kitti_infos import KITTI_POINT_CHANNELS, KittiInfo, infos_path, load_kitti_infos
 from .points_io import KITTI_CHANNELS, load_scan
 
 __all__ = ["KittiDataset"]
 
-Transform = Callable[[Sample, np.random.Generator], Sample]
-Mode = Literal["train", "val", "test"]
 
-
-class KittiDataset(torch.utils.data.Dataset[Sample]):
+class KittiDataset(DetectionDataset):
     """KITTI frames as typed samples; use ``collate_fn=Batch.collate`` in a ``DataLoader``.
 
     Args:
@@ -70,8 +67,7 @@ class KittiDataset(torch.utils.data.Dataset[Sample]):
         drop_unknown_difficulty: bool = False,
         seed: int = 0,
     ) -> None:
-        if mode not in ("train", "val", "test"):
-            raise ValueError(f"mode must be 'train', 'val' or 'test', got {mode!r}")
+        check_mode(mode)
         if max_sweeps != 1:
             raise ValueError(f"max_sweeps must be 1 for KITTI (single scans), got {max_sweeps!r}")
         if infos_path is None:
@@ -82,31 +78,18 @@ class KittiDataset(torch.utils.data.Dataset[Sample]):
         if mode != "test" and any(i.annos is None for i in self.infos):
             raise ValueError(f"{infos_path} has no labels (a test split); use mode='test'")
         self.root = Path(root) if root is not None else Path(infos_path).parent
-        self.class_names = tuple(class_names)
-        if not self.class_names or len(set(self.class_names)) != len(self.class_names):
-            raise ValueError(f"class_names must be non-empty and unique, got {self.class_names}")
-        self.point_cloud_range = tuple(float(v) for v in point_cloud_range)
-        Points(torch.zeros(0, 3), ("x", "y", "z")).in_range_mask(
-            self.point_cloud_range
-        )  # validates the range
-        self.use_cameras, self.mode, self.fov_filter = bool(use_cameras), mode, bool(fov_filter)
-        self.transforms = list(transforms)
+        self._setup_common(
+            class_names=class_names,
+            point_cloud_range=point_cloud_range,
+            mode=mode,
+            transforms=transforms,
+            seed=seed,
+        )
+        self.use_cameras, self.fov_filter = bool(use_cameras), bool(fov_filter)
         self.min_points_in_gt, self.drop_unknown_difficulty = (
             int(min_points_in_gt),
             bool(drop_unknown_difficulty),
         )
-        self.seed, self.epoch = seed, 0
-
-    def __len__(self) -> int:
-        return len(self.infos)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch (seeds the per-sample generators) and forward it to transforms that have ``set_epoch``."""
-        self.epoch = int(epoch)
-        for t in self.transforms:
-            fn = getattr(t, "set_epoch", None)
-            if callable(fn):
-                fn(epoch)
 
     def _box_mask(self, info: KittiInfo) -> np.ndarray:
         a = info.annos
@@ -117,8 +100,7 @@ class KittiDataset(torch.utils.data.Dataset[Sample]):
             mask &= a.num_points_in_gt >= self.min_points_in_gt
         if self.drop_unknown_difficulty:
             mask &= a.difficulty >= 0
-        lo, hi = np.asarray(self.point_cloud_range[:3]), np.asarray(self.point_cloud_range[3:])
-        return mask & ((a.boxes_lidar[:, :3] >= lo) & (a.boxes_lidar[:, :3] < hi)).all(axis=1)
+        return mask & self._centres_in_range(a.boxes_lidar)
 
     def info_class_names(self, index: int) -> set[str]:
         """Class names (of ``class_names``) of the ground-truth boxes sample ``index`` yields (for CBGS)."""
@@ -140,14 +122,13 @@ class KittiDataset(torch.utils.data.Dataset[Sample]):
         return torch.from_numpy(image[None].copy()), rig
 
     def __getitem__(self, index: int) -> Sample:
-        if not 0 <= index < len(self.infos):
-            raise IndexError(f"index {index} out of range for {len(self.infos)} samples")
+        self._check_index(index)
         info = self.infos[index]
         pts = load_scan(self.root / info.lidar_path, KITTI_CHANNELS)
         if self.fov_filter:
             pts = pts[info.calib.in_image(pts[:, :3], info.image_size)]
         points = Points(torch.from_numpy(np.ascontiguousarray(pts)), KITTI_POINT_CHANNELS)
-        points = points.select(points.in_range_mask(self.point_cloud_range))
+        points = self._points_in_range(points)
         mask = self._box_mask(info)
         if info.annos is not None and mask.any():
             boxes = np.ascontiguousarray(info.annos.boxes_lidar[mask], dtype=np.float32)
@@ -164,10 +145,7 @@ class KittiDataset(torch.utils.data.Dataset[Sample]):
             images=images,
             cameras=rig,
         )
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        for t in self.transforms:
-            sample = t(sample, rng)
-        return sample
+        return self._apply_transforms(sample, index)
 
 
 def infos_path_for(root: str | os.PathLike[str], split: str) -> Path:

@@ -26,15 +26,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .gt_database import GTDatabaseEntry, GTObject, read_sample_entries, write_index, write_sample_objects
+from .gt_database import GTDatabaseEntry, GTObject, write_sample_objects
+from .info_split import build_split, task_result
 from .kitti_calib import KittiCalib, boxes_camera_to_lidar, difficulty, read_calib_file, read_label_file
 from .points_io import KITTI_CHANNELS, load_scan
 from .prep_runner import (
     PrepStats,
-    atomic_pickle_dump,
     crop_box_points,
     fingerprint,
-    run_tasks,
     safe_pickle_load,
 )
 
@@ -225,7 +224,7 @@ def _frame_task(
             for k in range(len(a))
         ]
         entries = write_sample_objects(db_dir, frame_id, objects)
-    return {"info": info.to_dict(), "gt": [e.to_json() for e in entries]}
+    return task_result(info.to_dict(), entries)
 
 
 def infos_path(root: str | os.PathLike[str], split: str) -> Path:
@@ -254,26 +253,19 @@ def create_kitti_infos(
         with_db = with_gt_database and split == "train"
         key = fingerprint({"kind": "kitti", "v": FORMAT_VERSION, "split": split, "db": with_db})
         task = partial(_frame_task, str(root), split_dir, split != "test", str(db_dir) if with_db else None)
-        valid = (lambda fid: read_sample_entries(db_dir, fid) is not None) if with_db else None
-        results, stats[split] = run_tasks(
+        stats[split] = build_split(
             ids,
             task,
             root / ".perception_cache" / f"kitti_{split}_{key}",
+            info_path=infos_path(root, split),
+            header={"format": _FORMAT, "format_version": FORMAT_VERSION, "split": split},
+            db_dir=db_dir if with_db else None,
+            point_channels=KITTI_POINT_CHANNELS,
+            key_kind="frame",
             workers=workers,
-            desc=f"KITTI {split}",
             progress=progress,
-            still_valid=valid,
+            desc=f"KITTI {split}",
         )
-        payload = {
-            "format": _FORMAT,
-            "format_version": FORMAT_VERSION,
-            "split": split,
-            "infos": [results[f]["info"] for f in ids],
-        }
-        atomic_pickle_dump(infos_path(root, split), payload)
-        if with_db:
-            entries = [GTDatabaseEntry.from_json(r, f"frame {f}") for f in ids for r in results[f]["gt"]]
-            write_index(db_dir, entries, KITTI_POINT_CHANNELS)
     return stats
 
 

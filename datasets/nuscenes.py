@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +31,7 @@ from PIL import Image
 
 from perception.structures import Boxes3D, CameraRig, Points, Sample
 
+from .base import DetectionDataset, Mode, Transform, check_mode
 from .nuscenes_infos import NUSCENES_POINT_CHANNELS, NuScenesInfo, infos_path, load_nuscenes_infos
 from .points_io import NUSCENES_CHANNELS, load_scan
 
@@ -40,8 +41,6 @@ logger = logging.getLogger(__name__)
 
 #: Sweep points with ``|x| < EGO_RADIUS`` and ``|y| < EGO_RADIUS`` (sensor frame, m) are the ego vehicle's own.
 EGO_RADIUS = 1.0
-Transform = Callable[[Sample, np.random.Generator], Sample]
-Mode = Literal["train", "val", "test"]
 
 
 def load_lidar_points(
@@ -70,7 +69,7 @@ def load_lidar_points(
     return np.ascontiguousarray(np.concatenate(parts))
 
 
-class NuScenesDataset(torch.utils.data.Dataset[Sample]):
+class NuScenesDataset(DetectionDataset):
     """nuScenes keyframes as typed samples; use ``collate_fn=Batch.collate`` in a ``DataLoader``.
 
     Args:
@@ -109,8 +108,7 @@ class NuScenesDataset(torch.utils.data.Dataset[Sample]):
         missing_sweeps: Literal["error", "skip"] = "error",
         seed: int = 0,
     ) -> None:
-        if mode not in ("train", "val", "test"):
-            raise ValueError(f"mode must be 'train', 'val' or 'test', got {mode!r}")
+        check_mode(mode)
         if missing_sweeps not in ("error", "skip"):
             raise ValueError(f"missing_sweeps must be 'error' or 'skip', got {missing_sweeps!r}")
         if not isinstance(max_sweeps, int) or max_sweeps < 1:
@@ -125,28 +123,15 @@ class NuScenesDataset(torch.utils.data.Dataset[Sample]):
                 f"max_sweeps={max_sweeps} but {infos_path} was built with --max-sweeps {built_sweeps}"
             )
         self.root = Path(root) if root is not None else Path(infos_path).parent
-        self.class_names = tuple(class_names)
-        if not self.class_names or len(set(self.class_names)) != len(self.class_names):
-            raise ValueError(f"class_names must be non-empty and unique, got {self.class_names}")
-        self.point_cloud_range = tuple(float(v) for v in point_cloud_range)
-        Points(torch.zeros(0, 3), ("x", "y", "z")).in_range_mask(
-            self.point_cloud_range
-        )  # validates the range
-        self.max_sweeps, self.use_cameras, self.mode = max_sweeps, bool(use_cameras), mode
-        self.transforms = list(transforms)
-        self.min_points_in_gt, self.missing_sweeps, self.seed = int(min_points_in_gt), missing_sweeps, seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.infos)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch (seeds the per-sample generators) and forward it to transforms that have ``set_epoch``."""
-        self.epoch = int(epoch)
-        for t in self.transforms:
-            fn = getattr(t, "set_epoch", None)
-            if callable(fn):
-                fn(epoch)
+        self._setup_common(
+            class_names=class_names,
+            point_cloud_range=point_cloud_range,
+            mode=mode,
+            transforms=transforms,
+            seed=seed,
+        )
+        self.max_sweeps, self.use_cameras = max_sweeps, bool(use_cameras)
+        self.min_points_in_gt, self.missing_sweeps = int(min_points_in_gt), missing_sweeps
 
     def _box_mask(self, info: NuScenesInfo) -> np.ndarray:
         if self.mode == "test":
@@ -154,9 +139,7 @@ class NuScenesDataset(torch.utils.data.Dataset[Sample]):
         mask = np.isin(info.gt_names, self.class_names)
         if self.mode == "train" and self.min_points_in_gt > 0:
             mask &= info.num_lidar_pts >= self.min_points_in_gt
-        lo, hi = np.asarray(self.point_cloud_range[:3]), np.asarray(self.point_cloud_range[3:])
-        centre = info.gt_boxes[:, :3]
-        return mask & ((centre >= lo) & (centre < hi)).all(axis=1)
+        return mask & self._centres_in_range(info.gt_boxes)
 
     def info_class_names(self, index: int) -> set[str]:
         """Class names (of ``class_names``) of the ground-truth boxes sample ``index`` yields (for CBGS)."""
@@ -182,12 +165,11 @@ class NuScenesDataset(torch.utils.data.Dataset[Sample]):
         return torch.from_numpy(np.stack(images).copy()), rig
 
     def __getitem__(self, index: int) -> Sample:
-        if not 0 <= index < len(self.infos):
-            raise IndexError(f"index {index} out of range for {len(self.infos)} samples")
+        self._check_index(index)
         info = self.infos[index]
         pts = load_lidar_points(self.root, info, self.max_sweeps, self.missing_sweeps)
         points = Points(torch.from_numpy(pts), NUSCENES_POINT_CHANNELS)
-        points = points.select(points.in_range_mask(self.point_cloud_range))
+        points = self._points_in_range(points)
         mask = self._box_mask(info)
         names = info.gt_names[mask]
         labels = torch.tensor([self.class_names.index(str(n)) for n in names], dtype=torch.int64)
@@ -203,10 +185,7 @@ class NuScenesDataset(torch.utils.data.Dataset[Sample]):
             images=images,
             cameras=rig,
         )
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        for t in self.transforms:
-            sample = t(sample, rng)
-        return sample
+        return self._apply_transforms(sample, index)
 
 
 def infos_path_for(root: str | os.PathLike[str], version: str, max_sweeps: int, split: str) -> Path:

@@ -31,14 +31,13 @@ from nuscenes.eval.detection.utils import category_to_detection_name
 from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 
-from .gt_database import GTDatabaseEntry, GTObject, read_sample_entries, write_index, write_sample_objects
+from .gt_database import GTDatabaseEntry, GTObject, write_sample_objects
+from .info_split import build_split, task_result
 from .nuscenes_boxes import boxes_from_devkit
 from .prep_runner import (
     PrepStats,
-    atomic_pickle_dump,
     crop_box_points,
     fingerprint,
-    run_tasks,
     safe_pickle_load,
 )
 
@@ -252,7 +251,7 @@ def _sample_task(root: str, version: str, max_sweeps: int, db_dir: str | None, t
             for name, box, pts in zip(info.gt_names[keep], info.gt_boxes[keep], crops, strict=True)
         ]
         entries = write_sample_objects(db_dir, token, objects)
-    return {"info": info.to_dict(), "gt": [e.to_json() for e in entries]}
+    return task_result(info.to_dict(), entries)
 
 
 def split_names(version: str) -> tuple[str, str]:
@@ -312,28 +311,26 @@ def create_nuscenes_infos(
             {"kind": "nuscenes", "v": FORMAT_VERSION, "ver": version, "s": max_sweeps, "db": with_db}
         )
         task = partial(_sample_task, str(root), version, max_sweeps, str(db_dir) if with_db else None)
-        valid = (lambda t: read_sample_entries(db_dir, t) is not None) if with_db else None
-        results, stats[split] = run_tasks(
-            tokens,
-            task,
-            root / ".perception_cache" / f"nuscenes_{split}_{key}",
-            workers=workers,
-            desc=f"nuScenes {devkit_split}",
-            progress=progress,
-            still_valid=valid,
-        )
-        payload = {
+        header = {
             "format": _FORMAT,
             "format_version": FORMAT_VERSION,
             "version": version,
             "split": split,
             "max_sweeps": max_sweeps,
-            "infos": [results[t]["info"] for t in tokens],
         }
-        atomic_pickle_dump(infos_path(root, version, max_sweeps, split), payload)
-        if with_db:
-            entries = [GTDatabaseEntry.from_json(r, f"sample {t}") for t in tokens for r in results[t]["gt"]]
-            write_index(db_dir, entries, NUSCENES_POINT_CHANNELS)
+        stats[split] = build_split(
+            tokens,
+            task,
+            root / ".perception_cache" / f"nuscenes_{split}_{key}",
+            info_path=infos_path(root, version, max_sweeps, split),
+            header=header,
+            db_dir=db_dir if with_db else None,
+            point_channels=NUSCENES_POINT_CHANNELS,
+            key_kind="sample",
+            workers=workers,
+            progress=progress,
+            desc=f"nuScenes {devkit_split}",
+        )
     return stats
 
 

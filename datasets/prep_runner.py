@@ -9,9 +9,9 @@ therefore loses at most the samples in flight: re-running recomputes only the mi
 after the merge (they make re-running after deleting an output cheap); callers put a fingerprint of everything
 the results depend on into ``cache_dir``'s name, so changed settings never reuse stale parts.
 
-Atomic write: the bytes go to a temporary file in the destination's folder, are flushed and ``fsync``-ed, the
-file is renamed over the destination (``os.replace``, atomic on POSIX) and the folder is ``fsync``-ed. A reader
-sees either the old complete file or the new complete file, never a partial one.
+Atomic write: :func:`atomic_pickle_dump` and :func:`atomic_write_bytes` are re-exported from
+:mod:`perception.io_atomic` (temporary file in the destination's folder, ``fsync``, ``os.replace``, folder
+``fsync``): a reader sees either the old complete file or the new complete file, never a partial one.
 
 Workers: ``workers=0`` runs in the calling process; ``workers >= 1`` uses a ``concurrent.futures`` process pool
 (a worker that dies, e.g. killed for memory, raises ``BrokenProcessPool`` instead of hanging) with the ``fork``
@@ -33,7 +33,6 @@ import multiprocessing as mp
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -43,6 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from perception.io_atomic import atomic_pickle_dump, atomic_write_bytes
 
 __all__ = [
     "PrepStats",
@@ -56,33 +57,6 @@ __all__ = [
 ]
 
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_.\-]+\Z")
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename, fsync the folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_pickle_dump(path: str | os.PathLike[str], obj: Any) -> None:
-    """Pickle ``obj`` (protocol 4) to ``path`` atomically."""
-    atomic_write_bytes(path, pickle.dumps(obj, protocol=4))
 
 
 class _SafeUnpickler(pickle.Unpickler):

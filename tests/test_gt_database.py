@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from pathlib import Path
 
 import numpy as np
@@ -106,12 +107,10 @@ def test_rewrite_is_idempotent_and_leaves_no_temp_files(tmp_path: Path) -> None:
 
 
 def test_failed_write_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import perception.datasets.gt_database as gtdb
-
     def boom(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(gtdb.os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)  # every atomic write goes through os.replace
     obj = make_object(np.random.default_rng(3), "car", "s", 4)
     with pytest.raises(OSError, match="disk full"):
         write_sample_objects(tmp_path, "s", [obj])

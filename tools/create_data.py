@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -87,6 +88,25 @@ def _run_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_info_run_args(p: argparse.ArgumentParser) -> None:
+    """The options every info-file subcommand takes."""
+    p.add_argument("--workers", type=int, default=0, help="worker processes (default 0: in this process)")
+    p.add_argument("--no-gt-database", action="store_true", help="skip the GT database")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _report(
+    stats: Mapping[str, Any], unit: str, path_of: Callable[[str], Any], db: object, start: float
+) -> None:
+    """Print what an info run did: per split computed / reused ``unit`` and the info file, the GT database
+    (``db``, or None when skipped) and the wall time since ``start`` (``time.perf_counter``)."""
+    for split, st in stats.items():
+        print(f"{split}: {len(st.computed)} {unit} computed, {len(st.reused)} reused -> {path_of(split)}")
+    if db is not None:
+        print(f"GT database: {db}")
+    print(f"done in {time.perf_counter() - start:.1f} s")
+
+
 def _add_nuscenes(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "nuscenes",
@@ -98,9 +118,7 @@ def _add_nuscenes(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-sweeps", type=int, default=10, help="LiDAR sweeps per sample incl. the keyframe (default 10)"
     )
-    p.add_argument("--workers", type=int, default=0, help="worker processes (default 0: in this process)")
-    p.add_argument("--no-gt-database", action="store_true", help="skip the GT database")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_info_run_args(p)
     p.set_defaults(func=_run_nuscenes)
 
 
@@ -116,12 +134,13 @@ def _run_nuscenes(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         with_gt_database=not args.no_gt_database,
     )
-    for split, st in stats.items():
-        path = infos_path(args.root, args.version, args.max_sweeps, split)
-        print(f"{split}: {len(st.computed)} samples computed, {len(st.reused)} reused -> {path}")
-    if not args.no_gt_database:
-        print(f"GT database: {gt_database_dir(args.root, args.version, args.max_sweeps)}")
-    print(f"done in {time.perf_counter() - start:.1f} s")
+    _report(
+        stats,
+        "samples",
+        lambda split: infos_path(args.root, args.version, args.max_sweeps, split),
+        None if args.no_gt_database else gt_database_dir(args.root, args.version, args.max_sweeps),
+        start,
+    )
     return 0
 
 
@@ -132,9 +151,7 @@ def _add_kitti(sub: argparse._SubParsersAction) -> None:
         description="Write KITTI info files (train/val/test) and the train GT database inside the KITTI root.",
     )
     p.add_argument("--root", required=True, help="KITTI root (holds training/, testing/, ImageSets/)")
-    p.add_argument("--workers", type=int, default=0, help="worker processes (default 0: in this process)")
-    p.add_argument("--no-gt-database", action="store_true", help="skip the GT database")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_info_run_args(p)
     p.set_defaults(func=_run_kitti)
 
 
@@ -145,13 +162,8 @@ def _run_kitti(args: argparse.Namespace) -> int:
     stats = create_kitti_infos(
         args.root, workers=args.workers, progress=not args.quiet, with_gt_database=not args.no_gt_database
     )
-    for split, st in stats.items():
-        print(
-            f"{split}: {len(st.computed)} frames computed, {len(st.reused)} reused -> {infos_path(args.root, split)}"
-        )
-    if not args.no_gt_database:
-        print(f"GT database: {args.root}/{GT_DATABASE_DIR}")
-    print(f"done in {time.perf_counter() - start:.1f} s")
+    db = None if args.no_gt_database else f"{args.root}/{GT_DATABASE_DIR}"
+    _report(stats, "frames", lambda split: infos_path(args.root, split), db, start)
     return 0
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import re
 import warnings
 from collections.abc import Mapping
@@ -37,6 +36,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from perception.io_atomic import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -108,38 +109,13 @@ def rng_from_plain(plain: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some filesystems do not allow opening folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save(obj, path)`` through a temporary file in the same folder + ``fsync`` + ``os.replace``.
+    """``torch.save(obj, path)`` atomically (:func:`perception.io_atomic.atomic_write`: temporary file in the same
+    folder named ``.tmp-<name>.*``, ``fsync``, ``os.replace``, folder ``fsync``).
 
     On any error the temporary file is removed and the error re-raised; an existing ``path`` is untouched.
     """
-    path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}.{random.getrandbits(32):08x}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return atomic_write(Path(path).absolute(), lambda f: torch.save(obj, f), tmp_prefix=_TMP_PREFIX)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:

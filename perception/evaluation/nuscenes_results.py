@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from nuscenes.eval.detection.constants import ATTRIBUTE_NAMES, DETECTION_NAMES
 from pyquaternion import Quaternion
 
 from perception.datasets.nuscenes_boxes import boxes_to_devkit
+from perception.io_atomic import atomic_write_text
 from perception.structures import Detections
 
 logger = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ def _ego_dist(box: Mapping[str, Any], pose: Mapping[str, Any]) -> float:
 
 
 def write_results_json(results: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write a results dictionary as JSON atomically (temporary file in the same folder, then rename).
+    """Write a results dictionary as JSON atomically (:func:`perception.io_atomic.atomic_write_text`).
 
     An interrupted write never leaves a truncated file at ``path``. Parent folders are created. NaN values are
     refused (the devkit's JSON must be standard JSON).
@@ -274,19 +274,9 @@ def write_results_json(results: Mapping[str, Any], path: str | os.PathLike[str])
     if missing:
         raise ValueError(f"results must have 'meta' and 'results' keys; missing {missing}")
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
         text = json.dumps(results, allow_nan=False)
     except ValueError as e:
         raise ValueError(f"results hold NaN or inf, which the devkit's JSON cannot carry: {e}") from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(out, text)
     return out

@@ -1,0 +1,100 @@
+"""Plumbing shared by the KITTI and nuScenes datasets: argument checks, epoch forwarding, the transform loop
+and the point-cloud-range masks.
+
+A dataset subclasses :class:`DetectionDataset`, stores its records in ``self.infos``, calls
+:meth:`DetectionDataset._setup_common` in ``__init__`` and, in ``__getitem__``,
+:meth:`~DetectionDataset._check_index` first and :meth:`~DetectionDataset._apply_transforms` last. Ranges are
+half-open ``[lo, hi)`` on x, y and z, as in :meth:`perception.structures.Points.in_range_mask` and the voxelizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from perception.structures import Points, Sample
+
+__all__ = ["DetectionDataset", "Mode", "Transform", "check_mode"]
+
+#: A sample transform ``t(sample, rng) -> sample``; ``rng`` is the sample's own generator.
+Transform = Callable[[Sample, np.random.Generator], Sample]
+Mode = Literal["train", "val", "test"]
+
+
+def check_mode(mode: Any) -> Mode:
+    """``mode`` if it is ``"train"``, ``"val"`` or ``"test"``, else ``ValueError``."""
+    if mode not in ("train", "val", "test"):
+        raise ValueError(f"mode must be 'train', 'val' or 'test', got {mode!r}")
+    return mode  # type: ignore[no-any-return]
+
+
+class DetectionDataset(torch.utils.data.Dataset[Sample]):
+    """Base of the driving datasets: ``len``, ``set_epoch``, per-sample seeded transforms and range masks.
+
+    Attributes set by :meth:`_setup_common`: ``class_names`` (tuple of str), ``point_cloud_range`` (6 floats,
+    metres), ``mode``, ``transforms`` (list), ``seed`` and ``epoch`` (0). Subclasses set ``infos`` (a list).
+    """
+
+    infos: Sequence[Any]
+    class_names: tuple[str, ...]
+    point_cloud_range: tuple[float, ...]
+    mode: Mode
+    transforms: list[Transform]
+    seed: int
+    epoch: int
+
+    def _setup_common(
+        self,
+        *,
+        class_names: Sequence[str],
+        point_cloud_range: Sequence[float],
+        mode: Mode,
+        transforms: Sequence[Transform],
+        seed: int,
+    ) -> None:
+        """Check and store the arguments every dataset takes (``ValueError`` naming the argument)."""
+        self.class_names = tuple(class_names)
+        if not self.class_names or len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"class_names must be non-empty and unique, got {self.class_names}")
+        self.point_cloud_range = tuple(float(v) for v in point_cloud_range)
+        Points(torch.zeros(0, 3), ("x", "y", "z")).in_range_mask(
+            self.point_cloud_range
+        )  # validates the range
+        self.mode = check_mode(mode)
+        self.transforms = list(transforms)
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch (seeds the per-sample generators) and forward it to transforms that have ``set_epoch``."""
+        self.epoch = int(epoch)
+        for t in self.transforms:
+            fn = getattr(t, "set_epoch", None)
+            if callable(fn):
+                fn(epoch)
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < len(self.infos):
+            raise IndexError(f"index {index} out of range for {len(self.infos)} samples")
+
+    def _points_in_range(self, points: Points) -> Points:
+        """The points inside ``point_cloud_range``."""
+        return points.select(points.in_range_mask(self.point_cloud_range))
+
+    def _centres_in_range(self, centres: np.ndarray) -> np.ndarray:
+        """bool ``(K,)``: which of the ``(K, >=3)`` box centres (x, y, z in metres) lie inside the range."""
+        lo, hi = np.asarray(self.point_cloud_range[:3]), np.asarray(self.point_cloud_range[3:])
+        xyz = centres[:, :3]
+        return ((xyz >= lo) & (xyz < hi)).all(axis=1)
+
+    def _apply_transforms(self, sample: Sample, index: int) -> Sample:
+        """Run the transforms in order with a generator seeded by (``seed``, ``epoch``, ``index``)."""
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        for t in self.transforms:
+            sample = t(sample, rng)
+        return sample
