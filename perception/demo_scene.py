@@ -1,5 +1,6 @@
 """Load one keyframe of a nuScenes-format dataset through the official devkit into the typed structures, and
-draw / summarise it. Used by ``tools/demo.py``; the full dataset pipeline lives in ``perception.datasets``.
+draw / summarise it; run the shipped detector on the validation split and score it with the official devkit.
+Used by ``tools/demo.py``; the full dataset pipeline lives in ``perception.datasets``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from PIL import Image
 from pyquaternion import Quaternion
 
 from perception.datasets.nuscenes_boxes import boxes_from_devkit
-from perception.structures import CameraRig, Points, Sample
+from perception.evaluation.nuscenes import NuScenesMetrics
+from perception.structures import CameraRig, Detections, Points, Sample
 
 CAMERA_ORDER = (
     "CAM_FRONT_LEFT",
@@ -218,3 +220,119 @@ def summarize(loaded: LoadedSample, point_range: Sequence[float], t_generate: fl
         mean_speed = float(speeds[m].mean()) if n else 0.0
         lines.append(f"| {name} | {n} | {pts} | {mean_speed:.2f} |")
     return "\n".join(lines)
+
+
+@dataclass
+class DemoDetections:
+    """What :func:`detect_and_score` found and how the official devkit scored it.
+
+    Attributes:
+        detections: sample token -> :class:`Detections` (boxes ``(D, 9)`` in the LiDAR frame, scores, labels) for
+            every sample of the evaluated split.
+        metrics: the devkit's metrics (``metrics.output_dir`` holds ``metrics_summary.json``).
+        eval_set: devkit split that was scored (``mini_val`` for v1.0-mini).
+        results_path: the nuScenes results JSON that was scored.
+        seconds_inference: wall time of model building, weight loading and inference.
+        seconds_eval: wall time of the devkit evaluation.
+    """
+
+    detections: dict[str, Detections]
+    metrics: NuScenesMetrics
+    eval_set: str
+    results_path: Path
+    seconds_inference: float
+    seconds_eval: float
+
+
+def detect_and_score(
+    checkpoint: Path,
+    detector_config: Path,
+    data_root: Path,
+    out_dir: Path,
+    *,
+    overrides: Sequence[str] = (),
+) -> DemoDetections:
+    """Run a trained detector on the validation split of a nuScenes-format data set and score it officially.
+
+    Args:
+        checkpoint: a ``tools/train.py`` checkpoint (or a bare ``state_dict`` file) of ``detector_config``'s model.
+        detector_config: the experiment YAML the checkpoint was trained with; its ``data.root`` is replaced by
+            ``data_root`` (the model's own voxel size, range and ``max_sweeps`` are kept).
+        data_root: nuScenes dataroot holding ``<data.version>/`` of the detector config; info files of the
+            detector's ``max_sweeps`` are created there when missing.
+        out_dir: receives ``results_nusc.json`` and the devkit's ``metrics_summary.json`` /
+            ``metrics_details.json``.
+        overrides: further ``--set`` items for the detector config.
+
+    Raises:
+        FileNotFoundError: a missing checkpoint, config or data set.
+        ValueError: the checkpoint was trained on other classes than the config names.
+        perception.engine.checkpoint.CheckpointError: the weights do not fit the model.
+    """
+    import time
+
+    from perception.config import load_config
+    from perception.engine.checkpoint import load_model_weights
+    from perception.engine.data import build_dataset, eval_set_name, prepare_data
+    from perception.engine.inference import run_inference
+    from perception.evaluation.nuscenes import (
+        detections_to_nusc_results,
+        evaluate_nuscenes,
+        write_results_json,
+    )
+    from perception.models.build import build_detector
+
+    checkpoint, data_root = Path(checkpoint).absolute(), Path(data_root).absolute()
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    cfg = load_config(detector_config, [f"data.root={data_root}", *overrides])
+    if cfg.model is None or cfg.data.dataset != "nuscenes" or cfg.data.version is None:
+        raise ValueError(f"{detector_config}: needs a 'model:' section and nuScenes data with a version")
+    if not (data_root / cfg.data.version).is_dir():
+        raise FileNotFoundError(f"{data_root} holds no {cfg.data.version} data set")
+    t0 = time.perf_counter()
+    prepare_data(cfg)
+    dataset = build_dataset(cfg, "val", "val")
+    model = build_detector(cfg.model, cfg.data)
+    saved = tuple(load_model_weights(model, checkpoint, strict=True).get("class_names") or ())
+    if saved and saved != tuple(cfg.data.class_names):
+        raise ValueError(
+            f"{checkpoint} was trained on classes {list(saved)}, not {list(cfg.data.class_names)}"
+        )
+    dets = run_inference(model, dataset, show_progress=False)
+    t1 = time.perf_counter()
+    nusc = NuScenes(version=cfg.data.version, dataroot=str(data_root), verbose=False)
+    eval_set = eval_set_name(cfg, "val")
+    results = write_results_json(
+        detections_to_nusc_results(nusc, dets, cfg.data.class_names), Path(out_dir) / "results_nusc.json"
+    )
+    metrics = evaluate_nuscenes(nusc, results, eval_set, out_dir)
+    return DemoDetections(dets, metrics, eval_set, results, t1 - t0, time.perf_counter() - t1)
+
+
+def write_detection_pictures(
+    loaded: LoadedSample,
+    detections: Detections,
+    point_range: Sequence[float],
+    out_dir: Path,
+    *,
+    score_threshold: float = 0.2,
+) -> list[Path]:
+    """Pictures of predictions vs ground truth of one sample: ``detections_render.png`` (open3d, when it can
+    render off-screen) and ``detections_bev.png`` (matplotlib top view, always); returns the files written.
+
+    Args:
+        detections: predictions in ``loaded.sample``'s LiDAR frame; those below ``score_threshold`` are not drawn.
+    """
+    from perception.viz.pictures import write_sample_pictures
+
+    pics = write_sample_pictures(
+        loaded.sample,
+        out_dir,
+        point_range,
+        detections=detections,
+        stem="detections_",
+        matplotlib_too=True,
+        score_threshold=score_threshold,
+    )
+    return pics.paths

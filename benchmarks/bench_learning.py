@@ -1,0 +1,198 @@
+#!/usr/bin/env python
+"""Learning, measured: official nuScenes mAP / NDS on a fresh synthetic val split against CPU training wall time.
+
+    python benchmarks/bench_learning.py [--budget-min 30] [--evals 4] [--config configs/demo_detector.yaml]
+                                         [--val-seed 1] [--out output/bench_learning]
+
+1. Set-up (not counted as training time): the config's synthetic nuScenes-mini train set is generated when
+   missing, and a *fresh* synthetic data set with another seed (``--val-seed``) is generated in ``OUT/val_data``;
+   its ``mini_val`` scenes are the evaluation split.
+2. Calibration: ``tools/train.py`` runs 4 and 24 iterations in throw-away runs to measure seconds per iteration;
+   the number of epochs is chosen so that the whole one-cycle schedule fits into ``--budget-min`` (``--epochs``
+   overrides this).
+3. Training from scratch with ``tools/train.py`` (one run, same schedule throughout), stopped with
+   ``--max-iterations`` at ``--evals`` evenly spaced points and resumed; the training wall time is the sum of these
+   processes' wall times (start-up included). A chunk that would overrun the budget is shortened to fit.
+4. After each chunk ``tools/test.py`` scores the newest checkpoint on the fresh val split with the official
+   devkit (evaluation time is not counted as training time).
+
+Prints a markdown table (training minutes, iterations, epochs, mAP, NDS and a few per-class APs) and writes it
+to ``OUT/bench_learning.md``. Not a test: it trains for real and takes the budget plus a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES_SHOWN = ("car", "pedestrian", "barrier", "traffic_cone", "bus", "bicycle")
+
+
+def _run(cmd: list[str], log: Path) -> float:
+    """Run ``cmd`` (output appended to ``log``) and return its wall time in seconds; raise on failure."""
+    t0 = time.perf_counter()
+    with open(log, "a", encoding="utf-8") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, check=False)
+    took = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[1:3])} ... failed (exit {done.returncode}); see {log}")
+    return took
+
+
+def _newest_checkpoint(ckpt_dir: Path) -> Path:
+    from perception.engine.checkpoint import CheckpointManager
+
+    found = [(k, p) for p in ckpt_dir.glob("checkpoint_epoch_*.pth") if (k := CheckpointManager.sort_key(p))]
+    if not found:
+        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
+    return max(found)[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=REPO / "configs" / "demo_detector.yaml")
+    p.add_argument("--budget-min", type=float, default=30.0, help="training wall-time budget in minutes")
+    p.add_argument("--evals", type=int, default=4, help="evaluation points over the run")
+    p.add_argument("--epochs", type=int, default=None, help="fix the schedule length instead of calibrating")
+    p.add_argument("--val-seed", type=int, default=1, help="seed of the fresh val data set")
+    p.add_argument("--out", type=Path, default=REPO / "output" / "bench_learning")
+    args = p.parse_args(argv)
+    if args.budget_min <= 0 or args.evals < 1:
+        p.error("--budget-min must be > 0 and --evals >= 1")
+
+    from perception.config import load_config
+    from perception.engine.data import prepare_data
+
+    out = args.out.absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "bench_learning.log"
+    py = sys.executable
+    cfg = load_config(args.config)
+    if cfg.train is None or cfg.synthetic is None:
+        p.error(f"{args.config} needs 'train:' and 'synthetic:' sections")
+    if cfg.synthetic.seed == args.val_seed:
+        p.error(f"--val-seed must differ from the training data seed ({cfg.synthetic.seed})")
+    val_root = out / "val_data"
+    common = [f"output_root={out}"]
+    val_set = [f"data.root={val_root}", f"synthetic.seed={args.val_seed}", *common]
+
+    t0 = time.perf_counter()
+    prepare_data(cfg)
+    prepare_data(load_config(args.config, val_set))
+    print(f"set-up (train + fresh val data, info files): {time.perf_counter() - t0:.0f} s", flush=True)
+
+    iters_per_epoch = math.ceil(_num_train_samples(cfg) / cfg.train.batch_size)
+    budget = args.budget_min * 60.0
+    train = [py, "tools/train.py", str(args.config), "--no-progress"]
+    if args.epochs is None:
+        # two throw-away runs of 4 and 4 + 20 iterations: the difference cancels start-up and first-call costs
+        tag = "calibrate"
+        t_short = _run([*train, "--extra-tag", tag, "--max-iterations", "4", "--set", *common], log)
+        shutil.rmtree(out / Path(args.config).stem / tag)
+        t_long = _run([*train, "--extra-tag", tag, "--max-iterations", "24", "--set", *common], log)
+        shutil.rmtree(out / Path(args.config).stem / tag)
+        sec_per_iter = max(t_long - t_short, 1e-3) / 20
+        startup = max(t_short - 4 * sec_per_iter, 0.0)
+        usable = 0.95 * budget - args.evals * startup  # every chunk pays the start-up once
+        epochs = max(1, int(usable / sec_per_iter / iters_per_epoch))
+        print(
+            f"calibration: {sec_per_iter:.2f} s/iteration, {startup:.0f} s start-up -> {epochs} epochs of "
+            f"{iters_per_epoch} iterations",
+            flush=True,
+        )
+    else:
+        epochs = args.epochs
+    total = epochs * iters_per_epoch
+
+    tag = f"bench_{epochs}ep"
+    run_dir = out / Path(args.config).stem / tag
+    if run_dir.exists():
+        p.error(f"{run_dir} exists (a previous run); remove it or pass another --out")
+    stops = sorted({max(1, round(total * (i + 1) / args.evals)) for i in range(args.evals)})
+    rows: list[dict[str, object]] = []
+    trained, done = 0.0, 0
+    for stop in stops:
+        remaining = budget - trained
+        if remaining <= 0:
+            break
+        if rows and trained > 0:  # shorten a chunk that would overrun the budget
+            rate = trained / done
+            stop = min(stop, done + max(1, int(remaining / rate)))
+        trained += _run(
+            [
+                *train,
+                "--extra-tag",
+                tag,
+                "--epochs",
+                str(epochs),
+                "--max-iterations",
+                str(stop),
+                "--set",
+                *common,
+            ],
+            log,
+        )
+        done = stop
+        ckpt = _newest_checkpoint(run_dir / "ckpt")
+        _run(
+            [py, "tools/test.py", str(args.config), "--ckpt", str(ckpt), "--extra-tag", tag, "--no-progress",
+             "--set", *val_set],
+            log,
+        )  # fmt: skip
+        metrics = json.loads(
+            (run_dir / "eval" / ckpt.stem.removeprefix("checkpoint_") / "val" / "metrics.json").read_text()
+        )
+        rows.append(
+            {"minutes": trained / 60, "iterations": done, "epochs": done / iters_per_epoch, **metrics}
+        )
+        print(_table(rows[-1:], header=len(rows) == 1), flush=True)
+
+    table = _table(rows, header=True)
+    intro = (
+        f"{args.config.name}: batch {cfg.train.batch_size}, {epochs} epochs x {iters_per_epoch} iterations, "
+        f"{os.cpu_count()} CPU cores, torch threads 2; val: fresh synthetic mini_val (seed {args.val_seed})"
+    )
+    (out / "bench_learning.md").write_text(intro + "\n\n" + table + "\n", encoding="utf-8")
+    print("\n" + intro + "\n\n" + table)
+    return 0
+
+
+def _num_train_samples(cfg: object) -> int:
+    from perception.engine.data import build_dataset
+
+    return len(build_dataset(cfg, "train", "train", train=cfg.train))  # type: ignore[arg-type, attr-defined]
+
+
+def _table(rows: list[dict[str, object]], header: bool) -> str:
+    def num(v: object) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.3f}"  # type: ignore[arg-type]
+
+    cols = ["train min", "iterations", "epochs", "mAP", "NDS", *[f"{c} AP" for c in CLASSES_SHOWN]]
+    lines = []
+    if header:
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---:|" * len(cols)]
+    for r in rows:
+        vals = [
+            f"{r['minutes']:.1f}",
+            str(r["iterations"]),
+            f"{r['epochs']:.2f}",
+            num(r.get("mAP")),
+            num(r.get("NDS")),
+        ]
+        vals += [num(r.get(f"{c}_AP")) for c in CLASSES_SHOWN]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
