@@ -101,3 +101,22 @@ def launch_stream(tensor: torch.Tensor) -> Any:
 def blocks_for(n: int, threads: int = 256) -> int:
     """Number of blocks of ``threads`` threads covering ``n`` items (at least 1)."""
     return max(1, (n + threads - 1) // threads)
+
+
+def match_torch_threads() -> int:
+    """Call before a ``parallel=True`` numba kernel: use as many threads as torch does, and return that number.
+
+    numba's OpenMP threading layer shares the OpenMP runtime with torch and sets the runtime's thread count before
+    every parallel region (default: all cores). Without this, the first parallel numba kernel silently raises
+    torch's thread count (e.g. from ``OMP_NUM_THREADS=1`` under ``torchrun`` to the core count), oversubscribing
+    shared machines and DataLoader workers. Setting numba's count to torch's keeps both unchanged.
+    """
+    import numba
+
+    wanted = torch.get_num_threads()
+    n = max(1, min(wanted, int(numba.config.NUMBA_NUM_THREADS)))
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)  # the first call starts numba's layer, which resets the OpenMP runtime ...
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)  # ... so give torch its count back
+    return n

@@ -25,7 +25,7 @@ import torch
 
 from perception._validate import check_tensor
 
-from ._backend import pick_backend
+from ._backend import match_torch_threads, pick_backend
 from .iou3d_cpu import iou_matrix
 from .iou3d_torch import box_params, iou_matrix_torch
 
@@ -69,6 +69,7 @@ def _iou(a: object, b: object, mode_3d: bool, backend: str | None) -> torch.Tens
         return iou_matrix_cuda(pa, pb, mode_3d)
     out = torch.zeros(pa.shape[0], pb.shape[0], dtype=torch.float32)
     if out.numel() > 0:
+        match_torch_threads()
         iou_matrix(pa.numpy(), pb.numpy(), mode_3d, out.numpy())
     return out
 

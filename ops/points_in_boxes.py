@@ -17,7 +17,7 @@ import torch
 
 from perception._validate import check_tensor
 
-from ._backend import pick_backend
+from ._backend import match_torch_threads, pick_backend
 from .iou3d import check_boxes
 from .points_in_boxes_cpu import points_in_boxes_kernel
 from .points_in_boxes_torch import box_rows, points_in_boxes_torch
@@ -63,5 +63,6 @@ def points_in_boxes(
     if n == 0 or k == 0:
         return index, torch.zeros(k, dtype=torch.int64)
     counts = torch.zeros(min(CPU_CHUNKS, n), k, dtype=torch.int64)
+    match_torch_threads()
     points_in_boxes_kernel(xyz.numpy(), rows.numpy(), index.numpy(), counts.numpy())
     return index, counts.sum(dim=0)

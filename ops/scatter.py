@@ -22,7 +22,7 @@ from torch.autograd.function import once_differentiable
 
 from perception._validate import check_tensor
 
-from ._backend import check_cuda_usable, pick_backend
+from ._backend import check_cuda_usable, match_torch_threads, pick_backend
 
 Reduce = Literal["sum", "mean", "max"]
 _CODES = {"sum": 0, "mean": 1, "max": 2}
@@ -80,6 +80,7 @@ def _forward(
     counts = np.diff(offsets)
     out = np.empty((num_segments, f.shape[1]), dtype=f.dtype)
     arg = np.empty((num_segments, f.shape[1]), dtype=np.int64)
+    match_torch_threads()
     scatter_cpu.segment_reduce(f, order, offsets, counts.astype(f.dtype), _CODES[reduce], out, arg)
     return torch.from_numpy(out), torch.from_numpy(arg), torch.from_numpy(counts)
 

@@ -191,3 +191,19 @@ def test_property_cpu_equals_torch_and_counts_consistent(seed: int, n: int, k: i
     assert torch.equal(index, ref[0]) and torch.equal(counts, ref[1])
     assign = torch.bincount(index[index >= 0], minlength=k)
     assert torch.all(assign <= counts)
+
+
+def test_parallel_kernel_keeps_torchs_thread_count() -> None:
+    """numba's OpenMP layer would reset the shared runtime to all cores; the op keeps torch's count."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; torch.set_num_threads(1);"
+        "from perception.ops import points_in_boxes, scatter;"
+        "points_in_boxes(torch.rand(1000, 3), torch.tensor([[0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 0.0]]));"
+        "scatter(torch.rand(100, 4), torch.zeros(100, dtype=torch.int64), 1);"
+        "print(torch.get_num_threads())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "1"

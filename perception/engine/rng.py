@@ -46,20 +46,12 @@ def set_deterministic(enabled: bool) -> None:
 def align_numba_threads() -> int:
     """Make numba's parallel kernels use as many threads as torch does, and return that number.
 
-    numba's OpenMP threading layer shares the OpenMP runtime with torch and sets its thread count before every
-    parallel kernel (default: all cores). Without this, the first numba kernel silently raises torch's thread count
-    (e.g. from ``OMP_NUM_THREADS=1`` under ``torchrun`` to 2), which oversubscribes shared machines and changes
-    results between runs that should be bit-identical.
+    The ops call :func:`perception.ops._backend.match_torch_threads` before each parallel kernel; calling it once
+    at start-up as well makes the count known (and logged) before the first kernel runs.
     """
-    n = torch.get_num_threads()
-    try:
-        import numba
-    except ImportError:  # pragma: no cover - numba is a dependency
-        return n
-    n = max(1, min(n, int(numba.config.NUMBA_NUM_THREADS)))
-    numba.set_num_threads(n)
-    torch.set_num_threads(n)
-    return n
+    from perception.ops._backend import match_torch_threads
+
+    return match_torch_threads()
 
 
 def capture_rng_state() -> dict[str, Any]:
