@@ -5,14 +5,16 @@ Three serial kernels, ``@njit(cache=True)``:
 1. :func:`point_keys`: the key ``((b * nz + z) * ny + y) * nx + x`` of each point's voxel, with the index per axis
    ``floor((p - lo) / size)`` evaluated in float32 exactly as spconv does; a point is kept when
    ``0 <= index < grid`` on every axis (so points on the upper border are dropped) and all its values are finite.
-2. :func:`hash_assign` (input order): a linear-probing table of ``(key, id)`` rows numbers the voxels in order of
-   first occurrence, and gives each point its voxel id and its rank among the voxel's points. The table starts at
-   ``N / 4`` rows and doubles when half full, so it grows with the number of voxels (never more than
-   ``next_pow2(2 * N)`` rows), never with the grid, and stays small enough to be cache friendly.
-3. :func:`gather_features`: each slot of the padded ``(M, P, C)`` output is written exactly once.
+2. :func:`hash_assign` (input order): a linear-probing table of int64 entries ``key << id_bits | id`` numbers the
+   voxels in order of first occurrence, and gives each point its voxel id and its rank among the voxel's points.
+   The table starts at ``N / 4`` entries and doubles when half full, so it grows with the number of voxels (never
+   more than ``next_pow2(2 * N)`` entries), never with the grid, and stays small enough to be cache friendly.
+   Keys too large to pack with an id use a wide layout (keys and ids in two arrays).
+3. :func:`gather_features`: zero the padded ``(M, P, C)`` output in one pass, then copy each kept point.
 
-All buffers come from :func:`empty_hugepage`: on the project's VMs, page faults of fresh 4 KiB pages cost more
-than the voxelization itself.
+Scratch buffers are kept per thread between calls (:class:`_Workspace`, ``release_workspace()`` frees them) and
+outputs come from huge-page-advised memory (:func:`empty_hugepage`): on the project's VMs,
+page faults of fresh 4 KiB pages cost more than the voxelization itself.
 
 Why serial: the work is memory-bound (about 10 ms for 340k points). ``prange`` versions of kernels 1 and 3 were
 ~20% faster on an idle 2-core machine but 1.5-40x slower whenever another process was busy (each parallel region
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import threading
 
 import numpy as np
 import torch
@@ -59,6 +62,41 @@ def empty_hugepage(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -
     return t
 
 
+class _Workspace(threading.local):
+    """Per-thread scratch buffers reused across calls (grown on demand): fresh scratch costs page faults on
+    every call (about 2 ms for a 10-sweep scan), more than some of the kernels. Buffers above
+    ``KEEP_BYTES`` are not kept, so a single huge input does not pin its memory."""
+
+    KEEP_BYTES = 64 << 20
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> np.ndarray:
+        """An uninitialised numpy array of ``shape`` and ``dtype``, valid until the next ``take`` of ``name``."""
+        numel = int(np.prod(shape))
+        buf = self.buffers.get(name)
+        if buf is None or buf.dtype != dtype or buf.numel() < numel:
+            buf = empty_hugepage((max(numel, 1),), dtype)
+            if buf.numel() * buf.element_size() <= self.KEEP_BYTES:
+                self.buffers[name] = buf
+            else:
+                self.buffers.pop(name, None)
+        return buf.numpy()[:numel].reshape(shape)
+
+    def release(self) -> None:
+        """Drop every kept buffer of this thread."""
+        self.buffers.clear()
+
+
+_WORKSPACE = _Workspace()
+
+
+def release_workspace() -> None:
+    """Free the calling thread's voxelization scratch buffers (kept between calls for speed; O(points) bytes)."""
+    _WORKSPACE.release()
+
+
 @njit(cache=True, inline="always")
 def _slot(key: int, bits: int) -> int:
     """Multiplicative hash of a non-negative int64 key onto ``bits`` bits (no integer overflow)."""
@@ -87,16 +125,29 @@ def table_bits(n: int) -> int:
 
 
 @njit(cache=True)
-def _rehash(table: np.ndarray, voxel_keys: np.ndarray, m: int, bits: int) -> None:
-    """Rebuild the first ``2**bits`` rows of ``table`` (rows ``(key, id)``) with voxels ``0..m-1``."""
+def _rehash(
+    table: np.ndarray, ids: np.ndarray, voxel_keys: np.ndarray, m: int, bits: int, id_bits: int
+) -> None:
+    """Rebuild the first ``2**bits`` entries of ``table`` with voxels ``0..m-1`` (layout: :func:`hash_assign`)."""
     mask = (1 << bits) - 1
-    table[: 1 << bits, 0] = _EMPTY
+    wide = ids.shape[0] > 0
+    table[: 1 << bits] = _EMPTY
     for v in range(m):
         h = _slot(voxel_keys[v], bits)
-        while table[h, 0] != _EMPTY:
+        while table[h] != _EMPTY:
             h = (h + 1) & mask
-        table[h, 0] = voxel_keys[v]
-        table[h, 1] = v
+        if wide:
+            table[h] = voxel_keys[v]
+            ids[h] = v
+        else:
+            table[h] = (voxel_keys[v] << id_bits) | v
+
+
+def packed_id_bits(max_key: int, n: int) -> int:
+    """Bits for the voxel id in a packed table entry ``key << id_bits | id``, or 0 when ``key`` (``<= max_key``)
+    and an id ``< n`` do not fit together in 63 bits (then :func:`hash_assign` needs the wide layout)."""
+    id_bits = max(1, int(n).bit_length())
+    return id_bits if int(max_key).bit_length() + id_bits <= 63 else 0
 
 
 @njit(cache=True)
@@ -154,6 +205,8 @@ def hash_assign(
     size: np.ndarray,
     gridf: np.ndarray,
     table: np.ndarray,
+    ids: np.ndarray,
+    id_bits: int,
     voxel_keys: np.ndarray,
     counts: np.ndarray,
     coords: np.ndarray,
@@ -162,10 +215,18 @@ def hash_assign(
 ) -> int:
     """Number the voxels in order of first occurrence; serial, in input order. Outputs need no initialisation.
 
+    The table is linear probing on int64 entries. Packed layout (``ids`` empty): an entry is
+    ``key << id_bits | id``, so a probe reads one 8-byte word (8 entries per cache line; for a 10-sweep scan
+    the table stays around 2 MB, the size of the L2 cache, where ``(key, id)`` rows took twice that). Wide layout
+    (``ids`` has the table's length; for keys too large to pack, see :func:`packed_id_bits`): the entry is the
+    key and ``ids`` holds the id.
+
     Args:
         keys: int64 ``(N,)`` from :func:`point_keys`; points, batch, lo, size, gridf: as for :func:`point_keys`
             (a new voxel's coordinates are taken from its first point: cheaper than dividing its key).
-        table: int64 ``(2**table_bits(N), 2)`` scratch for the ``(key, id)`` rows.
+        table: int64 ``(2**table_bits(N),)`` scratch.
+        ids: int64 scratch of the table's length (wide layout) or ``(0,)`` (packed layout).
+        id_bits: the packed layout's id bits (:func:`packed_id_bits`); ignored in the wide layout.
         voxel_keys: int64 ``(N,)`` scratch.
         counts: int32 ``(N,)`` output: ``counts[v]`` points in voxel ``v`` (before any cap), ``v < M``.
         coords: int32 ``(N, 4)`` output: ``coords[v]`` ``[b, z, y, x]`` of voxel ``v < M``.
@@ -178,9 +239,11 @@ def hash_assign(
     n = keys.shape[0]
     has_batch = batch.shape[0] == n
     write_rank = rank.shape[0] == n
+    wide = ids.shape[0] > 0
+    id_mask = (np.int64(1) << id_bits) - 1
     bits = table_bits(n // 8)
     mask = (1 << bits) - 1
-    table[: 1 << bits, 0] = _EMPTY
+    table[: 1 << bits] = _EMPTY
     m = 0
     last_key = np.int64(-1)
     last_id: int = np.int64(-1)  # type: ignore[assignment]
@@ -189,19 +252,19 @@ def hash_assign(
         if k < 0:
             point_to_voxel[i] = -1
             continue
-        if k == last_key:  # consecutive points of a scan often share a voxel
+        if k == last_key:  # consecutive points share a voxel often for large voxels (pillars)
             vid = last_id
         else:
             # linear probing, written inline: a call passing the table costs more than the probe itself
             h = _slot(k, bits)
             while True:
-                tk = table[h, 0]
-                if tk == k:
-                    vid = table[h, 1]
-                    break
-                if tk == _EMPTY:
-                    table[h, 0] = k
-                    table[h, 1] = m
+                e = table[h]
+                if e == _EMPTY:
+                    if wide:
+                        table[h] = k
+                        ids[h] = m
+                    else:
+                        table[h] = (k << id_bits) | m
                     voxel_keys[m] = k
                     counts[m] = 0
                     coords[m, 0] = batch[i] if has_batch else 0
@@ -210,12 +273,19 @@ def hash_assign(
                     coords[m, 3] = _axis_index(points[i, 0], lo[0], size[0], gridf[0])
                     vid = m
                     m += 1
+                    if 2 * m > (1 << bits):  # half full: rehash into a table twice as large
+                        bits += 1
+                        mask = (1 << bits) - 1
+                        _rehash(table, ids, voxel_keys, m, bits, id_bits)
+                    break
+                if wide:
+                    if e == k:
+                        vid = ids[h]
+                        break
+                elif (e >> id_bits) == k:
+                    vid = e & id_mask
                     break
                 h = (h + 1) & mask
-            if 2 * m > (1 << bits):  # half full: rehash into a table twice as large
-                bits += 1
-                mask = (1 << bits) - 1
-                _rehash(table, voxel_keys, m, bits)
             last_key = k
             last_id = vid
         point_to_voxel[i] = vid
@@ -228,26 +298,23 @@ def hash_assign(
 
 @njit(cache=True)
 def gather_features(
-    points: np.ndarray, point_to_voxel: np.ndarray, rank: np.ndarray, counts: np.ndarray, features: np.ndarray
+    points: np.ndarray, point_to_voxel: np.ndarray, rank: np.ndarray, features: np.ndarray
 ) -> None:
     """Fill ``features`` ``(M, P, C)`` (need not be initialised): voxel ``v`` gets its first ``P`` points in
-    input order, the remaining slots zeros; every slot is written exactly once.
+    input order, the remaining slots zeros (one zeroing pass first: zeroing only the unused slots of each voxel
+    afterwards was 2-3x slower, and a fresh zero-page map slower still).
 
     Args:
-        points: float32 ``(N, C)``; point_to_voxel: int64 ``(N,)``; rank: int32 ``(N,)``;
-        counts: int32 ``(>= M,)`` uncapped points per voxel.
+        points: float32 ``(N, C)``; point_to_voxel: int64 ``(N,)``; rank: int32 ``(N,)``.
     """
     m, p, c = features.shape
+    features[:] = 0
     for i in range(points.shape[0]):
         v = point_to_voxel[i]
         r = rank[i]
         if v >= 0 and v < m and r < p:
             for j in range(c):
                 features[v, r, j] = points[i, j]
-    for v in range(m):
-        for r in range(min(counts[v], p), p):
-            for j in range(c):
-                features[v, r, j] = 0
 
 
 @njit(cache=True)
@@ -267,10 +334,10 @@ def cap_counts(counts: np.ndarray, m: int, p: int) -> tuple[int, int]:
     return over_voxels, over_points
 
 
-def _compact(buffer: torch.Tensor, m: int) -> torch.Tensor:
-    """A compact copy of the first ``m`` rows (a view would keep, pickle or share all ``N`` rows). numpy, not
-    torch: torch would copy on its 2-thread pool, which stalls whenever the cores are busy."""
-    return torch.from_numpy(buffer.numpy()[:m].copy())
+def _compact(buffer: np.ndarray, m: int) -> torch.Tensor:
+    """A copy of the first ``m`` rows of a scratch buffer. numpy, not torch: torch would copy on its 2-thread
+    pool, which stalls whenever the cores are busy."""
+    return torch.from_numpy(buffer[:m].copy())
 
 
 def voxelize_arrays(
@@ -294,39 +361,49 @@ def voxelize_arrays(
     grid = np.asarray(grid_xyz, dtype=np.int64)
     b = batch if batch is not None else np.zeros(0, dtype=np.int64)
     lo_np, size_np, gridf = np.asarray(lo, np.float32), np.asarray(size, np.float32), grid.astype(np.float32)
-    keys = empty_hugepage((n,), torch.int64)
-    n_nf, n_out = point_keys(points, b, lo_np, size_np, grid, gridf, keys.numpy())
-    table = empty_hugepage((1 << table_bits(n), 2), torch.int64)
-    voxel_keys = empty_hugepage((n,), torch.int64)
-    counts = empty_hugepage((n,), torch.int32)
-    coords = empty_hugepage((n, 4), torch.int32)
-    p2v = empty_hugepage((n,), torch.int64)
-    rank = empty_hugepage((n if hard else 0,), torch.int32)
+    ws = _WORKSPACE
+    keys = ws.take("keys", (n,), torch.int64)
+    n_nf, n_out = point_keys(points, b, lo_np, size_np, grid, gridf, keys)
+    rows = 1 << table_bits(n)
+    num_batches = int(b.max()) + 1 if b.shape[0] > 0 else 1
+    id_bits = packed_id_bits(num_batches * int(np.prod(grid)) - 1, n)
+    counts = ws.take("counts", (n,), torch.int32)
+    coords = ws.take("coords", (n, 4), torch.int32)
+    # dynamic mode returns point_to_voxel: a fresh array; hard mode only reads it
+    p2v = ws.take("p2v", (n,), torch.int64) if hard else empty_hugepage((n,), torch.int64).numpy()
+    rank = ws.take("rank", (n if hard else 0,), torch.int32)
     m_all = hash_assign(
-        keys.numpy(),
+        keys,
         points,
         b,
         lo_np,
         size_np,
         gridf,
-        table.numpy(),
-        voxel_keys.numpy(),
-        counts.numpy(),
-        coords.numpy(),
-        p2v.numpy(),
-        rank.numpy(),
+        ws.take("table", (rows,), torch.int64),
+        ws.take("ids", (0 if id_bits else rows,), torch.int64),
+        id_bits,
+        ws.take("voxel_keys", (n,), torch.int64),
+        counts,
+        coords,
+        p2v,
+        rank,
     )
-    del table, keys, voxel_keys
-    if not hard:  # compact copies: a view would keep (and pickle, or share with DataLoader workers) N rows
-        return None, _compact(coords, m_all), _compact(counts, m_all), p2v, (int(n_nf), int(n_out), 0, 0)
+    if not hard:  # compact copies of the scratch rows
+        return (
+            None,
+            _compact(coords, m_all),
+            _compact(counts, m_all),
+            torch.from_numpy(p2v),
+            (int(n_nf), int(n_out), 0, 0),
+        )
     m = m_all if max_voxels is None else min(m_all, max_voxels)
     if max_points is None:  # P = the largest count of a kept voxel
         p = max(1, int(counts[:m].max())) if m > 0 else 1
     else:
         p = max_points
     features = empty_hugepage((m, p, c))
-    gather_features(points, p2v.numpy(), rank.numpy(), counts.numpy(), features.numpy())
-    over_v, over_p = cap_counts(counts[:m_all].numpy(), m, p)
+    gather_features(points, p2v, rank, features.numpy())
+    over_v, over_p = cap_counts(counts[:m_all], m, p)
     return (
         features,
         _compact(coords, m),

@@ -257,6 +257,24 @@ def test_huge_grid_needs_no_grid_memory() -> None:
     assert_same_voxels(v, ref)
 
 
+@pytest.mark.parametrize("mode", ["hard", "dynamic"])
+def test_keys_too_large_to_pack_use_the_wide_table(mode: str) -> None:
+    # 2e6 x 2e6 x 1e6 cells: 62-bit keys leave no room for a packed voxel id, so the CPU kernel keeps keys and
+    # ids in two arrays; results must not change
+    from perception.ops.voxelize_cpu import packed_id_bits
+
+    size, rng = (1e-4, 1e-4, 1e-4), (-100.0, -100.0, -50.0, 100.0, 100.0, 50.0)
+    grid = make_grid(size, rng)
+    assert packed_id_bits(int(np.prod(grid.shape)) - 1, 1000) == 0
+    assert packed_id_bits(int(np.prod(make_grid(NUSC_SIZE, NUSC_RANGE).shape)) - 1, 1000) > 0
+    pts = random_points(1000, seed=9, extent=120.0)
+    pts = torch.cat([pts, pts[:50]])  # repeated voxels
+    v = voxelize(pts, size, rng, mode=mode, backend="cpu")  # type: ignore[call-overload]
+    ref = voxelize(pts, size, rng, mode=mode, backend="torch")  # type: ignore[call-overload]
+    assert int(ref.counts.max()) >= 2
+    assert_same_voxels(v, ref)
+
+
 @pytest.mark.parametrize(
     "kw,err,match",
     [
@@ -330,3 +348,31 @@ def test_property_cpu_equals_reference(xyz: list, p: int | None, m: int | None, 
         for r in range(int(cpu.counts[v])):
             q = (cpu.features[v, r, :3] - torch.tensor(SMALL_RANGE[:3])) / torch.tensor(SMALL_SIZE)
             assert q.floor().to(torch.int32).tolist() == cpu.coords[v, [3, 2, 1]].tolist()
+
+
+def test_reused_scratch_never_leaks_between_calls() -> None:
+    # the CPU kernels keep their scratch buffers per thread; a large call followed by small ones, hard and
+    # dynamic, must give the reference results, and returned tensors must not alias the scratch
+    from concurrent.futures import ThreadPoolExecutor
+
+    from perception.ops.voxelize_cpu import release_workspace
+
+    big, small = random_points(3000, seed=10), random_points(40, seed=11)
+    first = voxelize(small, SMALL_SIZE, SMALL_RANGE, mode="dynamic", backend="cpu")
+    kept = first.point_to_voxel.clone(), first.coords.clone(), first.counts.clone()
+    for pts in (big, small, big):
+        for kw in CASES:
+            assert_same_voxels(run(pts, "cpu", **kw)[0], run(pts, "torch", **kw)[0])
+    assert torch.equal(first.point_to_voxel, kept[0])
+    assert torch.equal(first.coords, kept[1]) and torch.equal(first.counts, kept[2])
+
+    def job(seed: int) -> bool:
+        pts = random_points(500 + 300 * seed, seed=seed)
+        return all(
+            torch.equal(run(pts, "cpu", **kw)[0].counts, run(pts, "torch", **kw)[0].counts) for kw in CASES
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(job, range(8)))
+    release_workspace()
+    assert_same_voxels(run(small, "cpu")[0], run(small, "torch")[0])
