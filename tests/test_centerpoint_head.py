@@ -499,3 +499,20 @@ def test_defaults_follow_centerpoint() -> None:
         [2.0, math.sqrt(12), math.sqrt(10), 1.0, math.sqrt(0.85), math.sqrt(0.175)]
     )
     assert head.task_classes == ((0,), (1, 2), (3, 4), (5,), (6, 7), (8, 9))
+
+
+def test_initial_heatmap_loss_is_that_of_the_prior() -> None:
+    # CenterPoint's initialisation: heatmap logits start near the -2.19 prior bias (sigmoid ~ 0.1), so the first
+    # focal loss is a few units per task here (one or two objects per task), not 500-6500 as with Kaiming fan-out
+    # weights on the last convolution
+    head = make_head(in_channels=32, shared_channels=32, head_channels=32)
+    boxes, labels = scene()
+    bev = torch.relu(torch.randn(2, 32, 32, 32, generator=torch.Generator().manual_seed(5)))
+    out = head(bev)
+    for task in out.tasks:
+        assert abs(task.heatmap.mean().item() + 2.19) < 0.5
+        assert task.heatmap.std().item() < 1.0
+    losses = head.loss(out, boxes, labels)
+    hm = [v.item() for k, v in losses.items() if k.endswith(".heatmap")]
+    assert len(hm) == len(NUSCENES_TASKS)
+    assert all(0.0 < v < 30.0 for v in hm), hm

@@ -106,7 +106,10 @@ class SeparateHead(nn.Module):
         out_channels: output channels.
         head_channels: width of the hidden convolutions.
         num_convs: total number of convolutions, ``>= 1``.
-        final_bias: initial bias of the last convolution (``None``: zero, with Kaiming-normal weights).
+        final_bias: ``None``: a regression branch; every convolution gets Kaiming-normal weights (fan-in) and the
+            last one a zero bias. A float: the heatmap branch; PyTorch's default initialisation, and this bias on
+            the last convolution (as CenterPoint: Kaiming-normal fan-out weights here gave initial logits of a
+            few units and a heatmap focal loss about 100x too large at the start).
 
     Shapes: ``(B, in_channels, H, W) -> (B, out_channels, H, W)``.
     """
@@ -135,9 +138,10 @@ class SeparateHead(nn.Module):
         final = nn.Conv2d(c, out_channels, 3, padding=1, bias=True)
         layers.append(final)
         self.layers = nn.Sequential(*layers)
-        for m in self.layers:
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if final_bias is None:
+            for m in self.layers:
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
         assert final.bias is not None
         nn.init.constant_(final.bias, 0.0 if final_bias is None else final_bias)
 
