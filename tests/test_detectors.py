@@ -133,6 +133,28 @@ def test_model_configs_are_shipped() -> None:
     } <= names
 
 
+def test_dsvt_detector_does_not_import_spconv() -> None:
+    # spconv takes seconds to import; a DSVT model (the shipped demo detector) must not pay for it, a spconv
+    # model still gets it
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from perception.config import load_config\n"
+        "from perception.models.build import build_detector\n"
+        "import perception.engine.trainer, perception.engine.inference\n"
+        "cfg = load_config(sys.argv[1]); build_detector(cfg.model, cfg.data)\n"
+        "print('spconv' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name, expected in (("demo_detector.yaml", "False"), ("centerpoint_spconv_nuscenes.yaml", "True")):
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(root / name)], capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip().splitlines()[-1] == expected, (name, out.stdout, out.stderr)
+
+
 @pytest.mark.parametrize("path", MODEL_CONFIGS, ids=[p.name for p in MODEL_CONFIGS])
 def test_model_config_loads_and_builds(path: Path) -> None:
     cfg = load_config(path)

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from .backbones.dsvt import build_dsvt
-from .backbones.spconv_resnet import VoxelResBackbone8x
 from .bev import HeightCompression, PillarScatter
 from .bev_backbone import BaseBEVBackbone
 from .detector import VoxelDetector, Voxelization
@@ -32,7 +31,17 @@ VFE_CLASSES: dict[str, type[nn.Module]] = {
     "dynamic_pillar": DynamicPillarVFE,
     "dynamic_voxel": DynamicVoxelVFE,
 }
-BACKBONE_3D_CLASSES: dict[str, Any] = {"spconv_resnet": VoxelResBackbone8x, "dsvt": build_dsvt}
+
+
+def _spconv_resnet(**kwargs: Any) -> nn.Module:
+    """:class:`~.backbones.spconv_resnet.VoxelResBackbone8x`, imported on use: importing spconv takes 3-15 s,
+    which every DSVT-only process (training chunks, tests, the demo) would otherwise pay."""
+    from .backbones.spconv_resnet import VoxelResBackbone8x
+
+    return VoxelResBackbone8x(**kwargs)
+
+
+BACKBONE_3D_CLASSES: dict[str, Any] = {"spconv_resnet": _spconv_resnet, "dsvt": build_dsvt}
 BEV_CLASSES: dict[str, type[HeightCompression]] = {
     "height_compression": HeightCompression,
     "pillar_scatter": PillarScatter,

@@ -24,7 +24,6 @@ from perception.ops.voxelize import make_grid, voxelize
 from perception.structures import Batch, Detections, SparseFeatures
 
 from .backbones.dsvt import DSVTBackbone
-from .backbones.spconv_resnet import VoxelResBackbone8x
 from .bev import HeightCompression
 from .bev_backbone import BaseBEVBackbone
 from .vfe import MeanVFE, _DynamicVFE
@@ -66,8 +65,6 @@ class Voxelization:
 
 def _backbone_io(backbone: nn.Module) -> tuple[tuple[int, ...], int, tuple[int, ...], int, int]:
     """(input grid, input channels, output grid, output channels, x/y stride) of a supported 3D backbone."""
-    if isinstance(backbone, VoxelResBackbone8x):
-        return backbone.grid_shape, backbone.in_channels, backbone.out_grid_shape, backbone.out_channels, 8
     if isinstance(backbone, DSVTBackbone):
         inp = backbone.input_layer
         strides = [c.downsample_stride for c in inp.stage_configs if c.downsample_stride is not None]
@@ -77,6 +74,10 @@ def _backbone_io(backbone: nn.Module) -> tuple[tuple[int, ...], int, tuple[int, 
                 raise ValueError(f"DSVT downsample strides must be equal in y and x, got {s}")
             stride *= s[1]
         return inp.sparse_shape, backbone.in_channels, backbone.out_shape, backbone.out_channels, stride
+    from .backbones.spconv_resnet import VoxelResBackbone8x  # imports spconv (seconds): only when it is used
+
+    if isinstance(backbone, VoxelResBackbone8x):
+        return backbone.grid_shape, backbone.in_channels, backbone.out_grid_shape, backbone.out_channels, 8
     raise TypeError(
         f"backbone_3d must be a VoxelResBackbone8x or DSVTBackbone, got {type(backbone).__name__}"
     )
