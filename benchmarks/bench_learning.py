@@ -160,11 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     table = _table(rows, header=True)
     intro = (
         f"{args.config.name}: batch {cfg.train.batch_size}, {epochs} epochs x {iters_per_epoch} iterations, "
-        f"{os.cpu_count()} CPU cores, torch threads 2; val: fresh synthetic mini_val (seed {args.val_seed})"
+        f"{os.cpu_count()} CPU cores, torch threads {_threads()}; val: fresh synthetic mini_val (seed {args.val_seed})"
     )
     (out / "bench_learning.md").write_text(intro + "\n\n" + table + "\n", encoding="utf-8")
     print("\n" + intro + "\n\n" + table)
     return 0
+
+
+def _threads() -> int:
+    """The torch intra-op threads the training processes get (``OMP_NUM_THREADS`` when set, as train.py)."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _num_train_samples(cfg: object) -> int:
