@@ -273,10 +273,13 @@ def test_bad_inputs_raise_clear_errors() -> None:
         model(SparseFeatures(sparse.features, sparse.coords, (1, 36, 40), 2))
     with pytest.raises(ValueError, match="sparse.features"):
         model(SparseFeatures(torch.randn(50, C + 1), sparse.coords, cfg.sparse_shape, 2))
-    bad = sparse.features.clone()
-    bad[3, 2] = float("nan")
-    with pytest.raises(ValueError, match="NaN or inf"):
-        model(sparse.replace_features(bad))
+    for value in (float("nan"), float("inf"), -float("inf")):
+        bad = sparse.features.clone()
+        bad[3, 2] = value
+        with pytest.raises(ValueError, match="NaN or inf"):
+            model(sparse.replace_features(bad))
+    huge = torch.full_like(sparse.features, 3e38)  # finite entries whose sum overflows: accepted
+    assert model.eval()(sparse.replace_features(huge)).features.shape == (50, C)
     coords = sparse.coords.clone()
     coords[0, 3] = 48
     with pytest.raises(ValueError, match="x"):
@@ -490,7 +493,7 @@ def test_cpu_set_padding_is_exact() -> None:
     padded = SetIndex.from_partition(part, 600)
     assert padded.voxel_index.shape == (2, part.num_sets, 32)
     assert padded.keep is not None and not padded.keep[..., 30:].any()
-    plain = SetIndex(part.voxel_index, (~part.mask)[:, :, None, None, :], first_slots(part.voxel_index, 600))
+    plain = SetIndex.from_index(part.voxel_index, (~part.mask)[:, :, None, None, :], 600)
     assert (
         SetIndex.from_partition(
             set_partition(sparse.coords, cfg.sparse_shape, (1, 10, 12), 28), 600

@@ -80,7 +80,10 @@ class DSVTBackbone(nn.Module):
                 f"sparse.grid_shape {tuple(sparse.grid_shape)} must equal the backbone's sparse_shape "
                 f"{self.input_layer.sparse_shape}"
             )
-        if sparse.features.numel() and not bool(torch.isfinite(sparse.features).all()):
+        feats = sparse.features
+        # A NaN or inf entry makes the sum non-finite, so a finite sum (one pass, no temporary) clears the input;
+        # only a non-finite sum (possibly an overflow) needs the element-wise check.
+        if feats.numel() and not bool(torch.isfinite(feats.sum())) and not bool(torch.isfinite(feats).all()):
             raise ValueError("sparse.features contains NaN or inf")
 
     def forward(
@@ -93,7 +96,7 @@ class DSVTBackbone(nn.Module):
             self._check_input(sparse)
             if len(geometry) != len(self.stages) or geometry[0].num_voxels != sparse.num_voxels:
                 raise ValueError("geometry does not belong to this input (stage count or voxel count differ)")
-        pos = self.input_layer.pos_embeddings(geometry)
+        pos = self.input_layer.pos_tables(geometry)
         x = sparse.features
         for s, (geo, blocks) in enumerate(zip(geometry, self.stages, strict=True)):
             block: DSVTBlock

@@ -6,23 +6,23 @@ Shapes: ``M`` voxels of a stage, ``C`` channels, ``S`` sets of ``K`` slots, ``H`
 The attention is computed exactly as multi-head attention over each set (query = key = feature + position,
 value = feature, repeated slots masked as keys), but the linear projections run once per voxel rather than once
 per slot (a projection commutes with the gather), and the output projection once per voxel after reading back its
-first copy.
+first copy. At inference on the CPU the layer runs chunk by chunk of sets instead (:mod:`.dsvt_chunked`, same
+arithmetic, results equal to float32 rounding).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from perception.models.cpu_linear import ACTIVATIONS as _ACTIVATIONS
 from perception.ops.pool_windows import PoolWindows
 
-from .dsvt_input import SetIndex
-
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"gelu": F.gelu, "relu": F.relu}
+from .dsvt_chunked import chunked_inference_applies, set_attention_chunked
+from .dsvt_input import PosEmbedding, SetIndex
 
 
 def _init_attention(in_proj: nn.Linear, out_proj: nn.Linear) -> None:
@@ -116,16 +116,22 @@ class SetAttentionLayer(nn.Module):
         slots = out.transpose(1, 2).reshape(s * k, c)  # (S, H, K, d) -> (S * K, C), a view for SDPA's layout
         return self.out_proj(slots.index_select(0, first_slot))
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        pos: torch.Tensor,
-        voxel_index: torch.Tensor,
-        keep: torch.Tensor | None,
-        first_slot: torch.Tensor,
-    ) -> torch.Tensor:
-        """Arguments as in :meth:`attention`; returns float ``(M, C)``."""
-        y = self.norm_attn(x + self.attention(x, pos, voxel_index, keep, first_slot))
+    def forward(self, x: torch.Tensor, pos: PosEmbedding, sets: SetIndex, order: int) -> torch.Tensor:
+        """Run the layer on the sets of one order.
+
+        Args:
+            x: float ``(M, C)`` voxel features.
+            pos: positional embeddings of the voxels.
+            sets: set indices of one window configuration.
+            order: which of its set orders (0 y-major, 1 x-major).
+
+        Returns:
+            float ``(M, C)``. In eval mode without autograd on the CPU this runs chunk by chunk of sets
+            (:func:`.dsvt_chunked.set_attention_chunked`); otherwise all sets at once through :meth:`attention`.
+        """
+        if chunked_inference_applies(self, x):
+            return set_attention_chunked(self, x, pos, sets, order)
+        y = self.norm_attn(x + self.attention(x, pos.dense(), *sets.order(order)))
         ffn = self.linear2(_ACTIVATIONS[self.activation](self.linear1(y)))
         z = self.norm_ffn(y + ffn)
         return self.norm_out(z + x)
@@ -160,21 +166,21 @@ class DSVTBlock(nn.Module):
         self.norm_out = nn.LayerNorm(d_model)
 
     def forward(
-        self, x: torch.Tensor, sets: SetIndex, pos: tuple[torch.Tensor, torch.Tensor]
+        self, x: torch.Tensor, sets: SetIndex, pos: tuple[PosEmbedding, PosEmbedding]
     ) -> torch.Tensor:
         """Run the block.
 
         Args:
             x: float ``(M, C)``.
             sets: set indices of the block's window configuration (:class:`.dsvt_input.SetIndex`).
-            pos: positional embeddings of layer 0 and layer 1, each float ``(M, C)``.
+            pos: positional embeddings of layer 0 and layer 1 (:class:`.dsvt_input.PosEmbedding`).
 
         Returns:
             float ``(M, C)``.
         """
         y = x
         for order, layer in enumerate(self.layers):
-            y = layer(y, pos[order], *sets.order(order))
+            y = layer(y, pos[order], sets, order)
         return self.norm_out(y + x)
 
 

@@ -5,7 +5,8 @@ Computed once per frame and stage and shared by the stage's blocks:
 * **Geometry** (:func:`dsvt_geometry`, no parameters, no gradient): for each stage, the rotated set partitions
   of both window configurations (base window unshifted; base window x hybrid factor, shifted) from
   :mod:`perception.ops.set_partition`, the slot holding each voxel's first copy in every partition (where the
-  set-attention output of a voxel is read back), and the pooling windows to the next stage from
+  set-attention output of a voxel is read back; also listed in slot order, for reading back one range of sets
+  at a time, :class:`SetIndex`), and the pooling windows to the next stage from
   :mod:`perception.ops.pool_windows`. This is the data-dependent preprocessing that an exported model receives
   as input (DESIGN.md, "What stays outside the model").
 * **Positional embeddings** (:class:`DSVTInputLayer`): the in-window coordinate of every voxel centred on its
@@ -14,7 +15,9 @@ Computed once per frame and stage and shared by the stage's blocks:
   name the last index "shift"). Block ``k`` (counted across stages) uses window configuration ``k % 2``; layer
   ``i`` of a block embeds the in-window coordinates of the block's configuration. With ``authors_pos_embed``
   layer ``i`` instead embeds the coordinates of configuration ``i`` whatever the block's configuration, as the
-  authors' code does (their issue #50), so their checkpoints reproduce.
+  authors' code does (their issue #50), so their checkpoints reproduce. The embeddings are kept as tables
+  (:class:`PosEmbedding`): at inference the MLP runs once per window position and each voxel indexes its row,
+  so the layers gather the rows they need instead of receiving an ``(M, C)`` tensor per layer.
 """
 
 from __future__ import annotations
@@ -47,11 +50,16 @@ class SetIndex:
         keep: bool ``(2, S, 1, 1, K)`` True for slots that take part as keys (not a repeat, not padding), an
             attention mask that broadcasts over heads and queries; ``None`` when every slot takes part.
         first_slot: int64 ``(2, M)`` flat slot ``set * K + position`` of each voxel's first copy.
+        read_slot: int64 ``(2, M)`` the first-copy slots in ascending order (``first_slot`` sorted), so the
+            voxels read back from a range of sets are a contiguous range of it.
+        read_voxel: int64 ``(2, M)`` voxel of each ``read_slot`` (``first_slot[read_voxel] == read_slot``).
     """
 
     voxel_index: torch.Tensor
     keep: torch.Tensor | None
     first_slot: torch.Tensor
+    read_slot: torch.Tensor
+    read_voxel: torch.Tensor
 
     @classmethod
     def from_partition(cls, partition: SetPartition, num_voxels: int) -> SetIndex:
@@ -63,12 +71,52 @@ class SetIndex:
             index = torch.cat((index, index[..., :1].expand(*index.shape[:2], extra)), dim=-1)
             mask = torch.cat((mask, mask.new_ones((*mask.shape[:2], extra))), dim=-1)
         keep = (~mask)[:, :, None, None, :] if bool(mask.any()) else None
-        return cls(index, keep, first_slots(index, num_voxels))
+        return cls.from_index(index, keep, num_voxels)
+
+    @classmethod
+    def from_index(cls, voxel_index: torch.Tensor, keep: torch.Tensor | None, num_voxels: int) -> SetIndex:
+        """Derive the read-back indices from ``voxel_index`` ``(2, S, K)`` (``keep`` as the attribute)."""
+        first = first_slots(voxel_index, num_voxels)
+        # Sorting by marking the first-copy slots: nonzero lists them in ascending order.
+        is_first = torch.zeros((2, voxel_index[0].numel()), dtype=torch.bool, device=voxel_index.device)
+        is_first.scatter_(1, first, True)
+        read_slot = is_first.nonzero()[:, 1].view(2, num_voxels)
+        read_voxel = voxel_index.reshape(2, -1).gather(1, read_slot)
+        return cls(voxel_index, keep, first, read_slot, read_voxel)
 
     def order(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """``(voxel_index (S, K), keep (S, 1, 1, K) | None, first_slot (M,))`` of order ``i``."""
         keep = None if self.keep is None else self.keep[i]
         return self.voxel_index[i], keep, self.first_slot[i]
+
+    def reads(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(read_slot (M,), read_voxel (M,))`` of order ``i``."""
+        return self.read_slot[i], self.read_voxel[i]
+
+
+@dataclass(frozen=True)
+class PosEmbedding:
+    """Positional embedding of every voxel as a row of a table: voxel ``v`` has ``table[index[v]]``.
+
+    At inference the embedding MLP runs once per window position (a few hundred rows) and ``index`` holds each
+    voxel's position; otherwise ``table`` has one row per voxel and ``index`` is ``None``.
+
+    Attributes:
+        table: float ``(R, C)``.
+        index: int64 ``(M,)`` row of each voxel, or ``None`` (``R == M``, row ``v`` is voxel ``v``).
+    """
+
+    table: torch.Tensor
+    index: torch.Tensor | None
+
+    def dense(self) -> torch.Tensor:
+        """float ``(M, C)``: the embedding of every voxel."""
+        return self.table if self.index is None else self.table.index_select(0, self.index)
+
+    def rows(self, voxels: torch.Tensor) -> torch.Tensor:
+        """float ``(N, C)``: the embeddings of ``voxels`` (int64 ``(N,)``)."""
+        rows = voxels if self.index is None else self.index.index_select(0, voxels)
+        return self.table.index_select(0, rows)
 
 
 @dataclass(frozen=True)
@@ -267,11 +315,9 @@ class DSVTInputLayer(nn.Module):
         table = torch.stack((z, y, x), dim=-1).reshape(volume, 3)
         return self._centred(table, window, stage), key
 
-    def pos_embeddings(
-        self, geometry: Sequence[StageGeometry]
-    ) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Positional embeddings ``[stage][block] -> (layer 0, layer 1)``, each float ``(M_stage, d_model)``."""
-        out: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+    def pos_tables(self, geometry: Sequence[StageGeometry]) -> list[list[tuple[PosEmbedding, PosEmbedding]]]:
+        """Positional embeddings ``[stage][block] -> (layer 0, layer 1)`` as tables (:class:`PosEmbedding`)."""
+        out: list[list[tuple[PosEmbedding, PosEmbedding]]] = []
         for s, geo in enumerate(geometry):
             locs = [self._locations(geo, config, s) for config in range(2)]
             stage_out = []
@@ -281,15 +327,21 @@ class DSVTInputLayer(nn.Module):
                 pair = []
                 for i in range(2):
                     loc, key = locs[i if self.authors_pos_embed else cfg]
-                    emb: torch.Tensor = block_mlps[i](loc)
-                    pair.append(emb if key is None else emb.index_select(0, key))
+                    pair.append(PosEmbedding(block_mlps[i](loc), key))
                 stage_out.append((pair[0], pair[1]))
             out.append(stage_out)
         return out
 
+    def pos_embeddings(
+        self, geometry: Sequence[StageGeometry]
+    ) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Positional embeddings ``[stage][block] -> (layer 0, layer 1)``, each float ``(M_stage, d_model)``."""
+        return [[(p0.dense(), p1.dense()) for p0, p1 in stage] for stage in self.pos_tables(geometry)]
+
 
 __all__ = [
     "DSVTInputLayer",
+    "PosEmbedding",
     "PositionEmbeddingMLP",
     "SetIndex",
     "StageGeometry",
