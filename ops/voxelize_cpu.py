@@ -70,6 +70,8 @@ def _mapped_hugepage(numel: int, dtype: torch.dtype) -> torch.Tensor:
     pages (as it does when ``MALLOC_MMAP_THRESHOLD_`` is raised), so the random accesses of the hash table stay
     on huge pages (fewer TLB misses) whatever the allocator settings.
     """
+    if not hasattr(mmap, "MAP_PRIVATE"):  # no POSIX mmap flags (Windows): same results, plain allocation
+        return empty_hugepage((numel,), dtype)
     itemsize = torch.empty((), dtype=dtype).element_size()
     mm = mmap.mmap(-1, numel * itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):
