@@ -152,7 +152,9 @@ def _attention_bmm(
 
     Why: torch's CPU flash-attention kernel barely gains from a second thread at head dim 16 (measured 1.1x),
     while ``baddbmm`` / softmax / ``bmm`` do (together about 1.7x faster than SDPA on two threads, equal on one).
-    The ``(n, K, K)`` score buffer and the output buffer are reused across heads; the softmax runs in place.
+    The ``(n, K, K)`` score buffer and the ``(n, K, d)`` head output are reused across heads; each head's output
+    is copied into its columns of one ``(n, K, C)`` buffer (``bmm`` into the strided columns directly is slower),
+    whose rows are then read at ``local``.
 
     Args:
         qk, v, sets, local: as in :func:`_attention_sdpa`.
@@ -165,7 +167,8 @@ def _attention_bmm(
     d = c // h
     q3, v3 = qk.view(n, k, 2 * c), v.view(n, k, c)
     scores = qk.new_empty((n, k, k))
-    heads = v.new_empty((h, n * k, d))
+    head = v.new_empty((n, k, d))
+    out = v.new_empty((n, k, c))
     scale = d**-0.5
     for i in range(h):
         q, key = q3[:, :, i * d : (i + 1) * d], q3[:, :, c + i * d : c + (i + 1) * d].transpose(1, 2)
@@ -174,8 +177,9 @@ def _attention_bmm(
         else:
             torch.baddbmm(neg, q, key, alpha=scale, out=scores)
         torch.softmax(scores, -1, out=scores)
-        torch.bmm(scores, v3[:, :, i * d : (i + 1) * d], out=heads[i].view(n, k, d))
-    return heads.index_select(1, local).transpose(0, 1).reshape(local.shape[0], c)
+        torch.bmm(scores, v3[:, :, i * d : (i + 1) * d], out=head)
+        out[:, :, i * d : (i + 1) * d].copy_(head)
+    return out.view(n * k, c).index_select(0, local)
 
 
 __all__ = ["CHUNK_SLOTS", "chunked_inference_applies", "set_attention_chunked"]
