@@ -215,6 +215,23 @@ def test_non_finite_dropped_and_counted(backend: str) -> None:
     assert torch.isfinite(hard.features).all()
 
 
+def test_cpu_keys_across_blocks_equal_torch() -> None:
+    """The CPU key step runs in blocks of 256 points: bad and out-of-range points at and around block edges,
+    a batch index that changes inside a block, and a last partial block give the torch reference's result."""
+    from perception.ops.voxelize_cpu import _KEY_BLOCK
+
+    n = 3 * _KEY_BLOCK + 17
+    pts = random_points(n, seed=11, extent=6.0)  # some points beyond the +-5 m range
+    for i, j in ((0, 0), (_KEY_BLOCK - 1, 4), (_KEY_BLOCK, 1), (2 * _KEY_BLOCK - 1, 3), (n - 1, 2)):
+        pts[i, j] = float("nan") if j % 2 else float("inf")
+    batch = (torch.arange(n) * 3 // n).to(torch.int64)
+    got, got_stats = run(pts, "cpu", mode="dynamic", batch_index=batch)
+    want, want_stats = run(pts, "torch", mode="dynamic", batch_index=batch)
+    assert got_stats == want_stats and got_stats.num_non_finite == 5 and got_stats.num_out_of_range > 0
+    assert torch.equal(got.point_to_voxel, want.point_to_voxel)
+    assert torch.equal(got.coords, want.coords)
+
+
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
 def test_batched_equals_per_sample(backend: str) -> None:
     a, b = random_points(3000, seed=5), random_points(2000, seed=6)
