@@ -13,8 +13,9 @@ run: "GFLOP" is the backbone's matmul + attention FLOP count, and "% of mm" the 
 ``torch.mm`` (the FLOP floor). Eval mode, ``torch.inference_mode``, 2 threads, fp32 and bf16 autocast (the peer
 stays fp32); median (min-max) of ``REPEATS`` interleaved runs. Target: total at 40k pillars under 800 ms.
 
-Run: ``python benchmarks/bench_models_dsvt.py`` (``make bench`` raises ``MALLOC_MMAP_THRESHOLD_`` /
-``MALLOC_TRIM_THRESHOLD_``; the table says which setting it ran with).
+Run: ``python benchmarks/bench_models_dsvt.py [--keep-freed-memory]``. With the flag the process first calls
+:func:`perception.engine.malloc.keep_freed_memory` (as ``tools/test.py`` does), the same as raising glibc's
+``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``; the header says which setting the run used.
 """
 
 from __future__ import annotations
@@ -89,6 +90,19 @@ def _time(fn: Callable[[], object]) -> float:
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="DSVT-pillar backbone latency")
+    parser.add_argument(
+        "--keep-freed-memory", action="store_true", help="raise glibc's mmap / trim thresholds first"
+    )
+    kept = False
+    if parser.parse_args().keep_freed_memory:
+        from perception.engine.malloc import keep_freed_memory
+
+        kept = keep_freed_memory()
+        if not kept:
+            print("note: keep_freed_memory() changed nothing (not glibc, or MALLOC_* already set)")
     torch.set_num_threads(2)
     torch.manual_seed(0)
     model = build_dsvt(dsvt_pillar_nuscenes()).eval()
@@ -99,7 +113,7 @@ def main() -> None:
         with torch.autocast("cpu", enabled=False):
             return torch.mm(a, b)
 
-    malloc = os.environ.get("MALLOC_MMAP_THRESHOLD_", "default")
+    malloc = "2^30 (keep_freed_memory)" if kept else os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default")
     frames = frame_pillars(SIZES)
     print(
         f"DSVT-pillar backbone (nuScenes config), 2 threads, eval; MALLOC_MMAP_THRESHOLD_={malloc}; load average "

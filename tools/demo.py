@@ -115,4 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from perception.engine.malloc import keep_freed_memory
+
+    keep_freed_memory()  # large tensors reuse freed memory instead of faulting in fresh pages (see there)
     raise SystemExit(main())

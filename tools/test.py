@@ -161,4 +161,7 @@ def _test(args: argparse.Namespace, cfg: Any) -> int:
 
 
 if __name__ == "__main__":
+    from perception.engine.malloc import keep_freed_memory
+
+    keep_freed_memory()  # large tensors reuse freed memory instead of faulting in fresh pages (see there)
     sys.exit(main())

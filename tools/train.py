@@ -195,4 +195,7 @@ def _train(args: argparse.Namespace, cfg: object) -> int:
 
 
 if __name__ == "__main__":
+    from perception.engine.malloc import keep_freed_memory
+
+    keep_freed_memory()  # large tensors reuse freed memory instead of faulting in fresh pages (see there)
     sys.exit(main())
