@@ -3,7 +3,7 @@
 glibc's ``malloc`` serves large blocks with ``mmap`` and trims the heap top whenever a large block is freed, so a
 model that allocates and frees tensors of 10-50 MB many times per forward (DSVT's per-layer intermediates, the
 padded voxel features) gets fresh pages each time and pays a page fault per 4 KiB: on this project's VMs that is
-15k-80k faults and 150-300 ms of a 40k-pillar DSVT forward (``benchmarks/bench_models_dsvt.py --malloc``).
+15k-80k faults and 150-300 ms of a 40k-pillar DSVT forward (``benchmarks/bench_models_dsvt.py --keep-freed-memory``).
 PyTorch's CPU performance guide recommends jemalloc / tcmalloc for the same reason; raising glibc's two
 thresholds (the ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` environment variables, or ``mallopt``
 at run time, as here) has the same effect without another library. The cost: memory freed by Python stays
