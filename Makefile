@@ -49,6 +49,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check perception ops datasets tools tests benchmarks
+	$(VENV)/bin/ruff format --check perception ops datasets tools tests benchmarks
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy perception/structures.py ops

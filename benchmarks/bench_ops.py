@@ -34,11 +34,14 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s) {unknown}; choose from {list(BENCHES)}", file=sys.stderr)
         return 2
-    print(f"# perception ops benchmarks ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)")
+    print(
+        f"# perception ops benchmarks ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    )
     print(f"load average at start: {os.getloadavg()}")
     print(
         "MALLOC_MMAP_THRESHOLD_={} MALLOC_TRIM_THRESHOLD_={}".format(
-            os.environ.get("MALLOC_MMAP_THRESHOLD_", "unset"), os.environ.get("MALLOC_TRIM_THRESHOLD_", "unset")
+            os.environ.get("MALLOC_MMAP_THRESHOLD_", "unset"),
+            os.environ.get("MALLOC_TRIM_THRESHOLD_", "unset"),
         )
     )
     for name in names:

@@ -226,7 +226,8 @@ def point_keys(
             nan_if_bad[t] = acc
             if has_batch:
                 bs[t] = batch[i]
-        for t in range(m):  # vectorised: floor((p - lo) / size) in float32, as spconv, selects instead of branches
+        # vectorised: floor((p - lo) / size) in float32, as spconv, selects instead of branches
+        for t in range(m):
             qx = (xs[t] - lx) / sx
             qy = (ys[t] - ly) / sy
             qz = (zs[t] - lz) / sz

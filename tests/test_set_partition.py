@@ -169,7 +169,8 @@ def test_int64_coords_give_same_result() -> None:
     a = set_partition(coords, (2, 20, 20), (2, 6, 6), 8, (1, 3, 3), backend="cpu")
     b = set_partition(coords.long(), (2, 20, 20), (2, 6, 6), 8, (1, 3, 3), backend="cpu")
     assert_same(a, b)
-    wide = torch.cat([coords, torch.ones((coords.shape[0], 1), dtype=torch.int32)], 1)[:, :4]  # non-contiguous
+    # a non-contiguous view
+    wide = torch.cat([coords, torch.ones((coords.shape[0], 1), dtype=torch.int32)], 1)[:, :4]
     assert not wide.is_contiguous()
     assert_same(a, set_partition(wide, (2, 20, 20), (2, 6, 6), 8, (1, 3, 3), backend="cpu"))
 
