@@ -36,7 +36,8 @@ def onednn_linear_available() -> bool:
     return True
 
 
-def _exporting() -> bool:
+def exporting() -> bool:
+    """Whether torch is tracing, scripting or compiling (exported graphs keep the plain ops)."""
     return bool(torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())
 
 
@@ -48,7 +49,7 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and not _exporting()
+        and not exporting()
         and onednn_linear_available()
     )
 
@@ -100,4 +101,4 @@ def _fusable_residual(residual: torch.Tensor, x: torch.Tensor, weight: torch.Ten
     )
 
 
-__all__ = ["ACTIVATIONS", "linear", "onednn_linear_available", "uses_onednn"]
+__all__ = ["ACTIVATIONS", "exporting", "linear", "onednn_linear_available", "uses_onednn"]

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from perception.models.cpu_linear import linear
+from perception.models.cpu_linear import exporting, linear
 
 from .dsvt_input import PosEmbedding, SetIndex
 
@@ -54,7 +54,7 @@ def chunked_inference_applies(layer: SetAttentionLayer, x: torch.Tensor) -> bool
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.shape[0] > 0
-        and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())
+        and not exporting()
     )
 
 
@@ -85,13 +85,13 @@ def set_attention_chunked(
     cuts = torch.tensor([a * k for a in starts[1:]], dtype=read_slot.dtype, device=read_slot.device)
     bounds = [0, *torch.searchsorted(read_slot, cuts).tolist(), m]
     w, b = layer.in_proj.weight, layer.in_proj.bias
-    pos_rows = flat if pos.index is None else pos.index.index_select(0, flat)  # table row of every slot
     neg = None if keep is None else _additive_mask(keep)
     out: torch.Tensor | None = None
     for i, a in enumerate(starts):
         n = min(step, s - a)
-        gx = x.index_select(0, flat[a * k : (a + n) * k])
-        qk = linear(gx + pos.table.index_select(0, pos_rows[a * k : (a + n) * k]), w[: 2 * c], b[: 2 * c])
+        slots = flat[a * k : (a + n) * k]
+        gx = x.index_select(0, slots)
+        qk = linear(gx + pos.rows(slots), w[: 2 * c], b[: 2 * c])
         v = linear(gx, w[2 * c :], b[2 * c :])
         local = read_slot[bounds[i] : bounds[i + 1]] - a * k
         if qk.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
