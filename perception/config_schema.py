@@ -13,76 +13,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    Strict,
-    ValidationInfo,
-    model_validator,
+from pydantic import BaseModel, Field, model_validator
+
+from perception.config_types import (
+    PATH_MARKER,
+    Bool,
+    ConfigPath,
+    Float,
+    Int,
+    PositiveFloat,
+    Str,
+    StrictSection,
 )
-
 from perception.engine.train_config import TrainConfig
+from perception.grid import VoxelGrid
 from perception.models.model_config import ModelConfig
 
-
-class _PathMarker:
-    """Annotation marker that tags a field as a config-relative path (found by :func:`path_field_keys`)."""
-
-    def __repr__(self) -> str:
-        return "ConfigPathMarker"
-
-
-PATH_MARKER = _PathMarker()
-
-
-def _reject_empty(value: Any) -> Any:
-    """``Path("")`` is ``Path(".")``: refuse empty strings instead of silently meaning "the config folder"."""
-    if isinstance(value, str) and not value.strip():
-        raise ValueError("path must not be empty (write '.' for the config file's own folder)")
-    return value
-
-
-def _resolve_path(value: Path, info: ValidationInfo) -> Path:
-    """Make ``value`` absolute against ``info.context["base_dir"]`` (the config file's directory)."""
-    value = value.expanduser()
-    if not value.is_absolute():
-        base_dir = (info.context or {}).get("base_dir")
-        if base_dir is None:
-            raise ValueError(
-                f"relative path {str(value)!r} needs the config file's directory to resolve against "
-                "(pass base_dir=...)"
-            )
-        value = Path(base_dir) / value
-    return Path(os.path.normpath(value))
-
-
-ConfigPath = Annotated[Path, BeforeValidator(_reject_empty), AfterValidator(_resolve_path), PATH_MARKER]
-"""A filesystem path; relative values resolve against the config file's directory. Absolute after loading."""
-
-Float = Annotated[float, Strict()]  # strict: accepts int and float, rejects str and bool
-PositiveFloat = Annotated[float, Strict(), Field(gt=0)]
-Int = Annotated[int, Strict()]
-Bool = Annotated[bool, Strict()]
-Str = Annotated[str, Strict(), Field(min_length=1)]
-
 NUSCENES_VERSIONS = ("v1.0-mini", "v1.0-trainval", "v1.0-test")
-GRID_TOLERANCE = 1e-4
-"""Metres: how far ``point_cloud_range`` extents may be from an integer multiple of ``voxel_size``."""
-
-
-class _Section(BaseModel):
-    """Base of every config section: unknown keys forbidden, immutable, no NaN/inf floats."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class DataConfig(_Section):
+class DataConfig(StrictSection):
     """Dataset and voxel grid.
 
     Attributes:
@@ -92,7 +44,7 @@ class DataConfig(_Section):
         class_names: detection classes, non-empty and unique; label ``i`` is ``class_names[i]``.
         point_cloud_range: metres, LiDAR frame, ``(x_min, y_min, z_min, x_max, y_max, z_max)``, min < max.
         voxel_size: metres, ``(vx, vy, vz)``, each > 0; every range extent is an integer multiple of it
-            (within :data:`GRID_TOLERANCE`).
+            (within :data:`perception.grid.GRID_TOLERANCE`); the grid itself is :attr:`grid`.
         max_sweeps: LiDAR sweeps per sample including the keyframe (nuScenes: usually 10; KITTI: 1).
         use_cameras: load camera images and calibration alongside the points.
     """
@@ -115,27 +67,16 @@ class DataConfig(_Section):
             raise ValueError(
                 f"version must be one of {list(NUSCENES_VERSIONS)} for nuscenes, got {self.version!r}"
             )
-        lo, hi = self.point_cloud_range[:3], self.point_cloud_range[3:]
-        for axis, a, b, v in zip("xyz", lo, hi, self.voxel_size, strict=True):
-            if not a < b:
-                raise ValueError(f"point_cloud_range: {axis}_min ({a}) must be < {axis}_max ({b})")
-            n = round((b - a) / v)
-            if n < 1 or abs((b - a) - n * v) > GRID_TOLERANCE:
-                raise ValueError(
-                    f"point_cloud_range {axis} extent {b - a:g} m is not an integer multiple of "
-                    f"voxel_size {v:g} m (within {GRID_TOLERANCE:g} m)"
-                )
+        self.grid.check_whole_voxels()  # VoxelGrid validates the range; ValueError names the axis
         return self
 
-    @property
-    def grid_shape(self) -> tuple[int, int, int]:
-        """Voxel grid size ``(nz, ny, nx)`` (DESIGN order ``[z, y, x]``)."""
-        r, v = self.point_cloud_range, self.voxel_size
-        nx, ny, nz = (round((r[i + 3] - r[i]) / v[i]) for i in range(3))
-        return (nz, ny, nx)
+    @cached_property
+    def grid(self) -> VoxelGrid:
+        """The voxel grid (range, voxel size, shape ``(nz, ny, nx)``): the one object every stage is handed."""
+        return VoxelGrid(self.point_cloud_range, self.voxel_size)
 
 
-class SyntheticDataConfig(_Section):
+class SyntheticDataConfig(StrictSection):
     """How to generate a synthetic dataset into ``data.root`` when that folder does not exist.
 
     Passed to :mod:`perception.datasets.synthetic`, which validates the values in depth; here only types and
@@ -151,7 +92,7 @@ class SyntheticDataConfig(_Section):
     seed: Int = 0
 
 
-class ExperimentConfig(_Section):
+class ExperimentConfig(StrictSection):
     """A whole experiment.
 
     Attributes:

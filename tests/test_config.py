@@ -88,7 +88,7 @@ def test_demo_nuscenes_values() -> None:
     assert list(d.class_names) == NUSC_CLASSES
     assert d.point_cloud_range == (-54, -54, -5, 54, 54, 3)
     assert d.voxel_size == (0.075, 0.075, 0.2)
-    assert d.grid_shape == (40, 1440, 1440)
+    assert d.grid.shape == (40, 1440, 1440)
     assert d.root == REPO / "data" / "synthetic_nuscenes_mini"
     assert cfg.output_root == REPO / "output"
     assert cfg.synthetic is not None and cfg.synthetic.format == "nuscenes"
@@ -99,7 +99,7 @@ def test_demo_kitti_values() -> None:
     assert (d.dataset, list(d.class_names)) == ("kitti", ["Car", "Pedestrian", "Cyclist"])
     assert d.point_cloud_range == (0, -40, -3, 70.4, 40, 1)
     assert d.voxel_size == (0.05, 0.05, 0.1)
-    assert d.grid_shape == (40, 1600, 1408)
+    assert d.grid.shape == (40, 1600, 1408)
 
 
 # ---------------------------------------------------------------- unknown keys, bases, files
@@ -265,7 +265,7 @@ def test_synthetic_must_match_dataset(tmp_path: Path) -> None:
 def test_grid_shape_and_tolerance() -> None:
     base = dict(dataset="kitti", root="/d", class_names=["Car"], voxel_size=[0.1, 0.2, 0.25])
     d = DataConfig.model_validate(dict(base, point_cloud_range=[-1, -2, -1, 1.00005, 2, 1]))
-    assert d.grid_shape == (8, 20, 20)  # off by 5e-5 m: within tolerance
+    assert d.grid.shape == (8, 20, 20)  # off by 5e-5 m: within tolerance
     with pytest.raises(ValidationError, match="integer multiple"):
         DataConfig.model_validate(dict(base, point_cloud_range=[-1, -2, -1, 1.0002, 2, 1]))
 
@@ -292,7 +292,7 @@ def test_override_values_are_yaml(tmp_path: Path) -> None:
         ],
     )
     assert cfg.data.point_cloud_range == (0, -20, -3, 35.2, 20, 1)
-    assert cfg.data.grid_shape == (40, 800, 704)
+    assert cfg.data.grid.shape == (40, 800, 704)
     assert cfg.data.use_cameras is True and cfg.data.class_names == ("Car",) and cfg.data.max_sweeps == 3
 
 
@@ -472,7 +472,7 @@ def test_random_configs_round_trip(tmp_path: Path, lo, voxel, n, classes, sweeps
         "synthetic": {"format": "kitti", "seed": seed},
     }
     cfg = config_from_dict(data, base_dir=tmp_path)
-    assert cfg.data.grid_shape == (n[2], n[1], n[0])
+    assert cfg.data.grid.shape == (n[2], n[1], n[0])
     assert load_config(save_config(cfg, tmp_path / "r" / "c.yaml")) == cfg
     assert config_from_dict(config_to_dict(cfg)) == cfg
 

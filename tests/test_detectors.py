@@ -163,7 +163,7 @@ def test_model_config_loads_and_builds(path: Path) -> None:
     model = build_detector(cfg.model, cfg.data)
     assert model.head.coder.feature_stride == plan.feature_stride
     assert tuple(model.head.coder.feature_map_size) == plan.feature_map_size
-    assert model.voxelization.grid_shape == plan.grid == cfg.data.grid_shape
+    assert model.voxelization.grid_shape == plan.grid == cfg.data.grid.shape
 
 
 def test_full_size_configs_match_the_published_models() -> None:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 if TYPE_CHECKING:
+    from perception.grid import VoxelGrid
     from perception.models.backbones.dsvt_config import DSVTConfig
 
 Float = Annotated[float, Strict()]
@@ -457,7 +458,7 @@ class DataLike(Protocol):
     def class_names(self) -> Sequence[str]: ...
 
     @property
-    def grid_shape(self) -> tuple[int, int, int]: ...
+    def grid(self) -> VoxelGrid: ...
 
 
 @dataclass(frozen=True)
@@ -507,7 +508,7 @@ class ModelConfig(_Section):
 
     def plan(self, data: DataLike) -> ModelPlan:
         """Follow the shapes through the stages; ``ValueError`` naming the keys that disagree."""
-        grid: Int3 = tuple(int(v) for v in data.grid_shape)  # type: ignore[assignment]
+        grid: Int3 = data.grid.shape
         vfe = self.vfe
         mode = "hard" if vfe.name == "mean" else "dynamic"
         if self.voxelization.mode != mode:

@@ -18,7 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from perception.config_schema import GRID_TOLERANCE, Bool, Float, PositiveFloat
+from perception.config_types import Bool, Float, PositiveFloat
+from perception.grid import GRID_TOLERANCE
 
 Int3 = tuple[int, int, int]
 PosInt = Annotated[int, Field(strict=True, ge=1)]
