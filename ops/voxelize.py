@@ -19,7 +19,6 @@ Semantics, identical for the three backends (``"torch"`` reference, numba ``"cpu
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, overload
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from perception._validate import check_tensor
+from perception.grid import VoxelGrid
 from perception.structures import DynamicVoxels, Voxels
 
 from ._backend import check_cuda_usable, pick_backend
@@ -68,64 +68,25 @@ class VoxelStats:
         return self.num_points - self.num_dropped
 
 
-@dataclass(frozen=True)
-class VoxelGrid:
-    """A voxel grid in the float32 values the kernels use.
+def make_grid(
+    voxel_size: Sequence[float] | VoxelGrid, point_range: Sequence[float] | None = None
+) -> VoxelGrid:
+    """The :class:`~perception.grid.VoxelGrid` of ``voxel_size`` ``(x, y, z)`` and ``point_range``
+    ``(x0, y0, z0, x1, y1, z1)`` (metres), or ``voxel_size`` itself when it already is a grid.
 
-    Attributes:
-        lo: range minimum ``(x, y, z)`` in metres, rounded to float32.
-        size: voxel size ``(x, y, z)`` in metres, rounded to float32.
-        shape: ``(nz, ny, nx)``.
-    """
-
-    lo: tuple[float, float, float]
-    size: tuple[float, float, float]
-    shape: tuple[int, int, int]
-
-    @property
-    def shape_xyz(self) -> tuple[int, int, int]:
-        return (self.shape[2], self.shape[1], self.shape[0])
-
-
-def _floats(name: str, value: object, n: int) -> tuple[float, ...]:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().tolist()
-    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)) or len(value) != n:
-        raise ValueError(f"{name} must be a sequence of {n} numbers, got {value!r}")
-    try:
-        out = tuple(float(np.float32(v)) for v in value)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must contain numbers, got {value!r}") from e
-    if not all(math.isfinite(v) for v in out):
-        raise ValueError(f"{name} must be finite (as float32), got {value!r}")
-    return out
-
-
-def make_grid(voxel_size: Sequence[float], point_range: Sequence[float]) -> VoxelGrid:
-    """Validate ``voxel_size`` ``(x, y, z)`` and ``point_range`` ``(x0, y0, z0, x1, y1, z1)`` (metres).
-
-    The grid has ``round((x1 - x0) / size_x)`` cells along x (float32 arithmetic, rounding half away from zero,
-    as spconv's ``calc_point2voxel_meta_data``), likewise for y and z.
+    The shape rule (float32 quotient rounded half away from zero, as spconv) and every check live in
+    :mod:`perception.grid`.
 
     Raises:
         ValueError: wrong length, non-finite or non-positive sizes, empty range, or a grid too large to pack.
     """
-    size = _floats("voxel_size", voxel_size, 3)
-    rng = _floats("point_range", point_range, 6)
-    if not all(s > 0 for s in size):
-        raise ValueError(f"voxel_size must be positive, got {tuple(voxel_size)}")
-    lo, hi = rng[:3], rng[3:]
-    cells = []
-    for axis in range(3):
-        if not hi[axis] > lo[axis]:
-            raise ValueError(f"point_range must have max > min on every axis, got {tuple(point_range)}")
-        q = float(np.float32(np.float32(hi[axis]) - np.float32(lo[axis])) / np.float32(size[axis]))
-        cells.append(int(math.floor(q + 0.5)))
-    if min(cells) < 1:
-        raise ValueError(f"point_range {tuple(point_range)} is smaller than half a voxel {size} on some axis")
-    if max(cells) > _INT32_MAX or cells[0] * cells[1] * cells[2] > _INT64_MAX:
-        raise ValueError(f"grid {cells[::-1]} (z, y, x) is too large to index with packed int64 keys")
-    return VoxelGrid(lo=lo, size=size, shape=(cells[2], cells[1], cells[0]))  # type: ignore[arg-type]
+    if isinstance(voxel_size, VoxelGrid):
+        if point_range is not None:
+            raise ValueError("pass either a VoxelGrid or voxel_size and point_range, not both")
+        return voxel_size
+    if point_range is None:
+        raise ValueError("point_range is required with a voxel_size (or pass a VoxelGrid)")
+    return VoxelGrid(point_range, voxel_size)  # type: ignore[arg-type]
 
 
 def _check_inputs(
@@ -209,8 +170,8 @@ def _run_cpu(
 
 def voxelize_with_stats(
     points: torch.Tensor,
-    voxel_size: Sequence[float],
-    point_range: Sequence[float],
+    voxel_size: Sequence[float] | VoxelGrid,
+    point_range: Sequence[float] | None = None,
     max_points_per_voxel: int | None = None,
     max_voxels: int | None = None,
     batch_index: torch.Tensor | None = None,
@@ -255,8 +216,8 @@ def voxelize_with_stats(
 @overload
 def voxelize(
     points: torch.Tensor,
-    voxel_size: Sequence[float],
-    point_range: Sequence[float],
+    voxel_size: Sequence[float] | VoxelGrid,
+    point_range: Sequence[float] | None = None,
     max_points_per_voxel: int | None = ...,
     max_voxels: int | None = ...,
     batch_index: torch.Tensor | None = ...,
@@ -268,8 +229,8 @@ def voxelize(
 @overload
 def voxelize(
     points: torch.Tensor,
-    voxel_size: Sequence[float],
-    point_range: Sequence[float],
+    voxel_size: Sequence[float] | VoxelGrid,
+    point_range: Sequence[float] | None = None,
     max_points_per_voxel: int | None = ...,
     max_voxels: int | None = ...,
     batch_index: torch.Tensor | None = ...,
@@ -281,8 +242,8 @@ def voxelize(
 
 def voxelize(
     points: torch.Tensor,
-    voxel_size: Sequence[float],
-    point_range: Sequence[float],
+    voxel_size: Sequence[float] | VoxelGrid,
+    point_range: Sequence[float] | None = None,
     max_points_per_voxel: int | None = None,
     max_voxels: int | None = None,
     batch_index: torch.Tensor | None = None,
@@ -293,7 +254,8 @@ def voxelize(
 
     Args:
         points: float32 ``(N, C)``, ``C >= 3``, columns ``[x, y, z, ...]`` in metres (LiDAR frame).
-        voxel_size: ``(x, y, z)`` voxel size in metres, positive.
+        voxel_size: ``(x, y, z)`` voxel size in metres, positive; or a :class:`~perception.grid.VoxelGrid`
+            (then ``point_range`` is ``None``).
         point_range: ``(x0, y0, z0, x1, y1, z1)`` in metres; grid ``(nz, ny, nx)`` from :func:`make_grid`.
         max_points_per_voxel: hard mode: ``P``, the points kept per voxel (first ones in input order);
             ``None`` keeps all (``P`` = the largest count, at least 1; mind that ``M * P * C`` can be large).

@@ -34,6 +34,8 @@ from perception.grid import VoxelGrid
 from perception.models.model_config import ModelConfig
 
 NUSCENES_VERSIONS = ("v1.0-mini", "v1.0-trainval", "v1.0-test")
+
+
 class DataConfig(StrictSection):
     """Dataset and voxel grid.
 
