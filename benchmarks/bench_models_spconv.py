@@ -93,7 +93,7 @@ def main() -> None:
     t = time.perf_counter()
     sparse = vfe(voxels, batch_size=1)
     t_vfe = time.perf_counter() - t
-    net = VoxelResBackbone8x(in_channels=5, grid_shape=voxels.grid_shape).eval()
+    net = VoxelResBackbone8x(SpconvResNetConfig(), input_shape=SparseShape(5, voxels.grid_shape)).eval()
     use_conv_algo(net, "cpu")
     stages = ("conv_input", "conv1", "conv2", "conv3", "conv4", "conv_out")
     times: dict[str, list[float]] = {s: [] for s in stages}

@@ -127,7 +127,7 @@ class ExperimentConfig(StrictSection):
                     f"synthetic.version ({s.version!r}) must equal data.version ({self.data.version!r})"
                 )
         if self.model is not None:
-            self.model.plan(self.data)  # raises ValueError naming the keys that disagree
+            self.model.plan(self.data.grid, self.data.class_names)  # ValueError naming the keys that disagree
         return self
 
 

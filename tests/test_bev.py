@@ -8,8 +8,15 @@ import torch.nn.functional as F
 
 from perception.models.bev import HeightCompression, PillarScatter
 from perception.models.bev_backbone import BaseBEVBackbone, BasicBlock2d
+from perception.models.model_config import BEVBackboneConfig
 from perception.models.spconv_utils import to_spconv
+from perception.shapes import MapShape, SparseShape
 from perception.structures import SparseFeatures
+
+
+def bev_backbone(*, in_channels: int, size: tuple[int, int] = (16, 24), **kw) -> BaseBEVBackbone:  # type: ignore[no-untyped-def]
+    """A BaseBEVBackbone from config keywords, reading a map of ``in_channels`` x ``size``."""
+    return BaseBEVBackbone(BEVBackboneConfig(**kw), input_shape=MapShape(in_channels, size))
 
 
 def random_sparse(grid, channels, n, seed, batch=2) -> SparseFeatures:  # type: ignore[no-untyped-def]
@@ -38,9 +45,9 @@ def loop_reference(sf: SparseFeatures) -> torch.Tensor:
 
 def test_height_compression_matches_loop_and_spconv_dense() -> None:
     sf = random_sparse((3, 5, 7), 4, 40, seed=0)
-    hc = HeightCompression(in_channels=4, grid_shape=(3, 5, 7))
+    hc = HeightCompression(input_shape=SparseShape(4, (3, 5, 7)))
     out = hc(sf)
-    assert out.shape == (2, 12, 5, 7) and hc.out_channels == 12
+    assert out.shape == (2, 12, 5, 7) and hc.output_shape() == MapShape(12, (5, 7), 1)
     assert torch.equal(out, loop_reference(sf))
     # OpenPCDet's HeightCompression: spconv dense() (B, C, D, H, W) viewed as (B, C * D, H, W)
     assert torch.equal(out, to_spconv(sf).dense().reshape(2, 12, 5, 7))
@@ -48,7 +55,7 @@ def test_height_compression_matches_loop_and_spconv_dense() -> None:
 
 def test_pillar_scatter_matches_loop() -> None:
     sf = random_sparse((1, 6, 9), 3, 30, seed=1, batch=3)
-    out = PillarScatter(in_channels=3, grid_shape=(1, 6, 9))(sf)
+    out = PillarScatter(input_shape=SparseShape(3, (1, 6, 9)))(sf)
     assert out.shape == (3, 3, 6, 9)
     assert torch.equal(out, loop_reference(sf))
     b, _, y, x = sf.coords[0].tolist()
@@ -58,26 +65,26 @@ def test_pillar_scatter_matches_loop() -> None:
 def test_scatter_gradient_and_dtype() -> None:
     sf = random_sparse((2, 4, 4), 3, 10, seed=2)
     feats = sf.features.clone().requires_grad_(True)
-    out = HeightCompression(in_channels=3, grid_shape=(2, 4, 4))(sf.replace_features(feats))
+    out = HeightCompression(input_shape=SparseShape(3, (2, 4, 4)))(sf.replace_features(feats))
     g = torch.randn_like(out)
     out.backward(g)
     c = sf.coords.long()
     expected = torch.stack([g[c[:, 0], ch * 2 + c[:, 1], c[:, 2], c[:, 3]] for ch in range(3)], dim=1)
     assert torch.equal(feats.grad, expected)
-    bf = HeightCompression(in_channels=3, grid_shape=(2, 4, 4))(sf.replace_features(sf.features.bfloat16()))
+    bf = HeightCompression(input_shape=SparseShape(3, (2, 4, 4)))(sf.replace_features(sf.features.bfloat16()))
     assert bf.dtype == torch.bfloat16
 
 
 def test_scatter_empty_single_and_errors() -> None:
     empty = SparseFeatures(torch.zeros(0, 3), torch.zeros(0, 4, dtype=torch.int32), (1, 4, 5), 2)
-    out = PillarScatter(in_channels=3, grid_shape=(1, 4, 5))(empty)
+    out = PillarScatter(input_shape=SparseShape(3, (1, 4, 5)))(empty)
     assert out.shape == (2, 3, 4, 5) and not out.any()
     one = SparseFeatures(torch.ones(1, 3), torch.tensor([[1, 0, 3, 4]], dtype=torch.int32), (1, 4, 5), 2)
-    out = PillarScatter(in_channels=3, grid_shape=(1, 4, 5))(one)
+    out = PillarScatter(input_shape=SparseShape(3, (1, 4, 5)))(one)
     assert out.sum() == 3 and torch.equal(out[1, :, 3, 4], torch.ones(3))
-    with pytest.raises(ValueError, match=r"grid_shape \(1, ny, nx\)"):
-        PillarScatter(in_channels=3, grid_shape=(2, 4, 5))
-    hc = HeightCompression(in_channels=3, grid_shape=(1, 4, 5))
+    with pytest.raises(ValueError, match=r"grid \(1, ny, nx\)"):
+        PillarScatter(input_shape=SparseShape(3, (2, 4, 5)))
+    hc = HeightCompression(input_shape=SparseShape(3, (1, 4, 5)))
     with pytest.raises(ValueError, match="grid_shape must be"):
         hc(SparseFeatures(torch.ones(1, 3), torch.zeros(1, 4, dtype=torch.int32), (1, 4, 6), 1))
     with pytest.raises(ValueError, match="3 channels"):
@@ -96,7 +103,7 @@ def test_scatter_empty_single_and_errors() -> None:
 def small_centerpoint() -> BaseBEVBackbone:
     # CenterPoint nuScenes layout (layer_nums [5, 5], strides [1, 2], filters [128, 256], up [1, 2] -> 256 each),
     # narrowed for the test.
-    return BaseBEVBackbone(
+    return bev_backbone(
         in_channels=6,
         layer_nums=(2, 2),
         layer_strides=(1, 2),
@@ -108,7 +115,7 @@ def small_centerpoint() -> BaseBEVBackbone:
 
 def small_dsvt() -> BaseBEVBackbone:
     # DSVT nuScenes layout: residual, layer_nums [1, 2, 2], strides [1, 2, 2], up [0.5, 1, 2], narrowed.
-    return BaseBEVBackbone(
+    return bev_backbone(
         in_channels=6,
         layer_nums=(1, 2, 2),
         layer_strides=(1, 2, 2),
@@ -138,7 +145,7 @@ def test_bev_backbone_shapes_and_gradients(make, out_channels, out_stride) -> No
 
 
 def test_final_deblock_and_no_deblock() -> None:
-    net = BaseBEVBackbone(
+    net = bev_backbone(
         in_channels=4,
         layer_nums=(1, 1),
         layer_strides=(2, 2),
@@ -148,7 +155,7 @@ def test_final_deblock_and_no_deblock() -> None:
     )
     assert net.out_stride == 1.0 and net.out_channels == 8
     assert net(torch.randn(1, 4, 8, 8)).shape == (1, 8, 8, 8)
-    plain = BaseBEVBackbone(in_channels=4, layer_nums=(1,), layer_strides=(2,), num_filters=(8,))
+    plain = bev_backbone(in_channels=4, layer_nums=(1,), layer_strides=(2,), num_filters=(8,))
     assert plain.out_stride == 2.0 and plain(torch.randn(1, 4, 8, 8)).shape == (1, 8, 4, 4)
 
 
@@ -217,16 +224,16 @@ def test_state_dict_layout_matches_openpcdet() -> None:
 
 def test_bev_backbone_validation() -> None:
     with pytest.raises(ValueError, match="must agree"):
-        BaseBEVBackbone(
+        bev_backbone(
             in_channels=4, layer_nums=(1, 1), layer_strides=(1, 2), num_filters=(4, 4),
             upsample_strides=(1, 1), num_upsample_filters=(4, 4),
         )  # fmt: skip
-    with pytest.raises(ValueError, match="same non-zero length"):
-        BaseBEVBackbone(
+    with pytest.raises(ValueError, match="need the same length"):
+        bev_backbone(
             in_channels=4, layer_nums=(1, 1), layer_strides=(1, 2), num_filters=(4,),
         )  # fmt: skip
     with pytest.raises(ValueError, match="1 / integer"):
-        BaseBEVBackbone(
+        bev_backbone(
             in_channels=4, layer_nums=(1,), layer_strides=(1,), num_filters=(4,),
             upsample_strides=(0.4,), num_upsample_filters=(4,),
         )  # fmt: skip
@@ -240,24 +247,26 @@ def test_bev_backbone_validation() -> None:
 def test_pipeline_vfe_sparse_resnet_bev() -> None:
     """Dynamic voxel VFE -> sparse ResNet -> height compression -> BEV backbone on a real (simulated) scan."""
     from perception.datasets.synthetic import make_lidar_scan
+    from perception.grid import VoxelGrid
     from perception.models.backbones.spconv_resnet import VoxelResBackbone8x
+    from perception.models.backbones.spconv_resnet_config import SpconvResNetConfig
+    from perception.models.model_config import DynamicVFEConfig
     from perception.models.vfe import DynamicVoxelVFE
 
     torch.manual_seed(0)
     points = torch.from_numpy(make_lidar_scan(1, seed=0))
     vfe = DynamicVoxelVFE(
+        DynamicVFEConfig(filters=(8, 8)),
         num_point_features=5,
-        voxel_size=(0.5, 0.5, 0.2),
-        point_cloud_range=(-8, -8, -3, 8, 8, 1.8),
-        filters=(8, 8),
+        grid=VoxelGrid((-8, -8, -3, 8, 8, 1.8), (0.5, 0.5, 0.2)),
     )
-    assert vfe.grid_shape == (24, 32, 32)
+    assert vfe.grid.shape == (24, 32, 32)
     sparse_net = VoxelResBackbone8x(
-        in_channels=8, grid_shape=vfe.grid_shape, channels=(4, 8, 8, 8), out_channels=8
+        SpconvResNetConfig(channels=(4, 8, 8, 8), out_channels=8), input_shape=vfe.output_shape()
     )
-    hc = HeightCompression(in_channels=8, grid_shape=sparse_net.out_grid_shape)
-    bev_net = BaseBEVBackbone(
-        in_channels=hc.out_channels, layer_nums=(1, 1), layer_strides=(1, 2), num_filters=(8, 16),
+    hc = HeightCompression(input_shape=sparse_net.output_shape())
+    bev_net = bev_backbone(
+        in_channels=hc.output_shape().channels, size=hc.output_shape().size, layer_nums=(1, 1), layer_strides=(1, 2), num_filters=(8, 16),
         upsample_strides=(1, 2), num_upsample_filters=(8, 8),
     )  # fmt: skip
     sparse = vfe(

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from perception.models.backbones.spconv_resnet import SparseBasicBlock, VoxelResBackbone8x
+from perception.models.backbones.spconv_resnet_config import SpconvResNetConfig
 from perception.models.spconv_utils import (
     SparseConv3d,
     SubMConv3d,
@@ -16,6 +17,7 @@ from perception.models.spconv_utils import (
     to_spconv,
     use_conv_algo,
 )
+from perception.shapes import SparseShape
 from perception.structures import SparseFeatures
 
 GRID = (24, 16, 16)  # the smallest z that survives the four z-downsamplings with extra_z = 1 is 24
@@ -55,7 +57,9 @@ def dense_weight(conv) -> torch.Tensor:  # type: ignore[no-untyped-def]
 def test_algorithm_chosen_by_device() -> None:
     assert conv_algo_for("cpu") == spconv.ConvAlgo.Native
     assert conv_algo_for(torch.device("cuda", 0)) == spconv.ConvAlgo.MaskImplicitGemm
-    net = VoxelResBackbone8x(in_channels=3, grid_shape=GRID, channels=CHANNELS, out_channels=8)
+    net = VoxelResBackbone8x(
+        SpconvResNetConfig(channels=CHANNELS, out_channels=8), input_shape=SparseShape(3, GRID)
+    )
     use_conv_algo(net, "cuda")
     algos = {m.algo for m in net.modules() if isinstance(m, (SubMConv3d, SparseConv3d))}
     assert algos == {spconv.ConvAlgo.MaskImplicitGemm}
@@ -197,7 +201,9 @@ def randomize_bn(net: torch.nn.Module) -> None:
 
 def test_backbone_matches_dense_reference() -> None:
     torch.manual_seed(0)
-    net = VoxelResBackbone8x(in_channels=3, grid_shape=GRID, channels=CHANNELS, out_channels=8).eval()
+    net = VoxelResBackbone8x(
+        SpconvResNetConfig(channels=CHANNELS, out_channels=8), input_shape=SparseShape(3, GRID)
+    ).eval()
     randomize_bn(net)
     sf = random_sparse(GRID, 3, 300, seed=2)
     with torch.no_grad():
@@ -214,7 +220,7 @@ def test_backbone_matches_dense_reference() -> None:
 
 
 def test_stage_shapes_for_nuscenes_grid() -> None:
-    net = VoxelResBackbone8x(in_channels=5, grid_shape=(40, 1440, 1440))
+    net = VoxelResBackbone8x(SpconvResNetConfig(), input_shape=SparseShape(5, (40, 1440, 1440)))
     assert [s.grid_shape for s in net.stages] == [
         (41, 1440, 1440),
         (21, 720, 720),
@@ -223,7 +229,7 @@ def test_stage_shapes_for_nuscenes_grid() -> None:
         (2, 180, 180),
     ]
     assert [s.channels for s in net.stages] == [16, 32, 64, 128, 128]
-    assert net.out_grid_shape == (2, 180, 180) and net.out_stride == 8 and net.out_channels == 128
+    assert net.output_shape() == SparseShape(128, (2, 180, 180), 8)
     keys = set(net.state_dict())  # OpenPCDet VoxelResBackBone8x parameter names
     assert {
         "conv_input.0.weight",
@@ -243,7 +249,9 @@ def test_stage_shapes_for_nuscenes_grid() -> None:
 
 def test_input_order_does_not_matter() -> None:
     torch.manual_seed(0)
-    net = VoxelResBackbone8x(in_channels=3, grid_shape=GRID, channels=CHANNELS, out_channels=8).eval()
+    net = VoxelResBackbone8x(
+        SpconvResNetConfig(channels=CHANNELS, out_channels=8), input_shape=SparseShape(3, GRID)
+    ).eval()
     sf = random_sparse(GRID, 3, 200, seed=3)
     perm = torch.randperm(200)
     with torch.no_grad():
@@ -259,7 +267,9 @@ def test_input_order_does_not_matter() -> None:
 
 def test_training_gradients_reach_every_parameter() -> None:
     torch.manual_seed(0)
-    net = VoxelResBackbone8x(in_channels=3, grid_shape=GRID, channels=CHANNELS, out_channels=8).train()
+    net = VoxelResBackbone8x(
+        SpconvResNetConfig(channels=CHANNELS, out_channels=8), input_shape=SparseShape(3, GRID)
+    ).train()
     sf = random_sparse(GRID, 3, 300, seed=4)
     feats = sf.features.clone().requires_grad_(True)
     out = net(sf.replace_features(feats))
@@ -271,7 +281,9 @@ def test_training_gradients_reach_every_parameter() -> None:
 
 def test_bf16_autocast_runs_sparse_part_in_fp32() -> None:
     torch.manual_seed(0)
-    net = VoxelResBackbone8x(in_channels=3, grid_shape=GRID, channels=CHANNELS, out_channels=8).eval()
+    net = VoxelResBackbone8x(
+        SpconvResNetConfig(channels=CHANNELS, out_channels=8), input_shape=SparseShape(3, GRID)
+    ).eval()
     sf = random_sparse(GRID, 3, 300, seed=5)
     ref = net(sf)
     feats = sf.features.bfloat16().requires_grad_(True)
@@ -290,7 +302,9 @@ def test_bf16_autocast_runs_sparse_part_in_fp32() -> None:
 
 
 def test_empty_and_single_voxel() -> None:
-    net = VoxelResBackbone8x(in_channels=3, grid_shape=GRID, channels=CHANNELS, out_channels=8).train()
+    net = VoxelResBackbone8x(
+        SpconvResNetConfig(channels=CHANNELS, out_channels=8), input_shape=SparseShape(3, GRID)
+    ).train()
     empty = SparseFeatures(torch.zeros(0, 3), torch.zeros(0, 4, dtype=torch.int32), GRID, 2)
     outs = net.forward_stages(empty)
     assert [o.num_voxels for o in outs] == [0] * 5
@@ -310,7 +324,9 @@ def test_empty_and_single_voxel() -> None:
 
 
 def test_validation() -> None:
-    net = VoxelResBackbone8x(in_channels=3, grid_shape=GRID, channels=CHANNELS, out_channels=8)
+    net = VoxelResBackbone8x(
+        SpconvResNetConfig(channels=CHANNELS, out_channels=8), input_shape=SparseShape(3, GRID)
+    )
     with pytest.raises(ValueError, match="grid_shape must be"):
         net(random_sparse((24, 16, 8), 3, 5, seed=0))
     with pytest.raises(ValueError, match="3 channels"):

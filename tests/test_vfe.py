@@ -7,7 +7,10 @@ import math
 import pytest
 import torch
 
+from perception.grid import VoxelGrid
+from perception.models.model_config import DynamicVFEConfig
 from perception.models.vfe import DynamicPillarVFE, DynamicVoxelVFE, MeanVFE
+from perception.shapes import SparseShape
 from perception.structures import Voxels
 
 RANGE = (-2.0, -2.0, -1.0, 2.0, 2.0, 1.0)
@@ -78,10 +81,17 @@ def by_key(sparse) -> dict:  # type: ignore[no-untyped-def]
     return {tuple(c.tolist()): f for c, f in zip(sparse.coords, sparse.features, strict=True)}
 
 
-def make_vfe(pillar: bool, **kw):  # type: ignore[no-untyped-def]
+def make_vfe(pillar: bool, backend: str | None = None, **kw):  # type: ignore[no-untyped-def]
     cls = DynamicPillarVFE if pillar else DynamicVoxelVFE
     torch.manual_seed(0)
-    return cls(num_point_features=5, voxel_size=PILLAR if pillar else VOXEL, point_cloud_range=RANGE, **kw)
+    grid = VoxelGrid(RANGE, PILLAR if pillar else VOXEL)
+    return cls(DynamicVFEConfig(**kw), num_point_features=5, grid=grid, backend=backend)
+
+
+def mean_vfe(grid_shape: tuple[int, int, int] = (1, 8, 8)) -> MeanVFE:
+    """A MeanVFE on a grid of ``grid_shape`` (z, y, x) unit voxels from the origin."""
+    nz, ny, nx = grid_shape
+    return MeanVFE(num_point_features=5, grid=VoxelGrid((0, 0, 0, nx, ny, nz), (1, 1, 1)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -94,7 +104,7 @@ def test_mean_vfe_matches_loop_and_ignores_padding() -> None:
     feats = torch.randn(7, 4, 5, generator=g)  # padding rows hold garbage on purpose
     counts = torch.tensor([1, 4, 2, 3, 1, 4, 2], dtype=torch.int32)
     coords = torch.stack([torch.zeros(7), torch.zeros(7), torch.arange(7), torch.arange(7)], 1).int()
-    out = MeanVFE(num_point_features=5)(Voxels(feats, coords, counts, (1, 8, 8)), batch_size=1)
+    out = mean_vfe()(Voxels(feats, coords, counts, (1, 8, 8)), batch_size=1)
     for i in range(7):
         torch.testing.assert_close(out.features[i], feats[i, : counts[i]].mean(dim=0))
     assert out.features.dtype == torch.float32 and torch.equal(out.coords, coords)
@@ -108,10 +118,13 @@ def test_mean_vfe_empty_and_validation() -> None:
         torch.zeros(0, dtype=torch.int32),
         (2, 4, 4),
     )
-    out = MeanVFE(num_point_features=5)(empty, batch_size=2)
+    out = mean_vfe((2, 4, 4))(empty, batch_size=2)
     assert out.features.shape == (0, 5) and out.batch_size == 2
+    assert mean_vfe((2, 4, 4)).output_shape() == SparseShape(5, (2, 4, 4), 1)
+    with pytest.raises(ValueError, match="the VFE's grid"):
+        mean_vfe((1, 8, 8))(empty, batch_size=2)
     with pytest.raises(ValueError, match="5 channels"):
-        MeanVFE(num_point_features=5)(
+        mean_vfe((1, 1, 1))(
             Voxels(
                 torch.zeros(1, 1, 4),
                 torch.zeros(1, 4, dtype=torch.int32),
@@ -121,7 +134,7 @@ def test_mean_vfe_empty_and_validation() -> None:
             batch_size=1,
         )
     with pytest.raises(ValueError, match="batch_size"):
-        MeanVFE(num_point_features=5)(empty, batch_size=0)
+        mean_vfe((2, 4, 4))(empty, batch_size=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -153,7 +166,7 @@ def test_dynamic_vfe_matches_loop_reference(pillar: bool, kw: dict, train: bool)
     got = by_key(out)
     assert set(got) == set(ref)
     assert out.features.shape == (len(ref), kw["filters"][-1]) and out.features.dtype == torch.float32
-    assert out.grid_shape == vfe.grid_shape and out.coords.dtype == torch.int32
+    assert out.grid_shape == vfe.grid.shape and out.coords.dtype == torch.int32
     for key, f in ref.items():
         torch.testing.assert_close(got[key], f, rtol=1e-4, atol=1e-4)
 
@@ -179,9 +192,7 @@ def test_backends_agree(backend: str, cuda_backend_device: torch.device) -> None
     outs = []
     for be in ("cpu", backend):
         torch.manual_seed(0)
-        vfe = DynamicVoxelVFE(
-            num_point_features=5, voxel_size=VOXEL, point_cloud_range=RANGE, filters=(4, 6), backend=be
-        ).eval()
+        vfe = make_vfe(False, filters=(4, 6), backend=be).eval()
         outs.append(by_key(vfe(points, batch_index=bidx, batch_size=2)))
     assert set(outs[0]) == set(outs[1])
     for k in outs[0]:
@@ -202,7 +213,7 @@ def test_gradients_reach_every_parameter(pillar: bool) -> None:
 def test_empty_and_single_point(pillar: bool) -> None:
     vfe = make_vfe(pillar, filters=(8, 6)).train()
     out = vfe(torch.zeros(0, 5))
-    assert out.features.shape == (0, 6) and out.coords.shape == (0, 4) and out.grid_shape == vfe.grid_shape
+    assert out.features.shape == (0, 6) and out.coords.shape == (0, 4) and out.grid_shape == vfe.grid.shape
     out.features.sum().backward()  # no error on the empty graph
     outside = torch.tensor([[10.0, 10.0, 0.0, 1.0, 0.0]])
     assert vfe(outside.repeat(3, 1)).num_voxels == 0
@@ -234,11 +245,11 @@ def test_bf16_autocast_forward_backward(pillar: bool) -> None:
 
 def test_validation_errors() -> None:
     with pytest.raises(ValueError, match="one voxel along z"):
-        DynamicPillarVFE(num_point_features=5, voxel_size=VOXEL, point_cloud_range=RANGE, filters=(4,))
+        DynamicPillarVFE(DynamicVFEConfig(filters=(4,)), num_point_features=5, grid=VoxelGrid(RANGE, VOXEL))
     with pytest.raises(ValueError, match="even"):
-        DynamicVoxelVFE(num_point_features=5, voxel_size=VOXEL, point_cloud_range=RANGE, filters=(5, 4))
+        DynamicVFEConfig(filters=(5, 4))
     with pytest.raises(ValueError, match="filters"):
-        DynamicVoxelVFE(num_point_features=5, voxel_size=VOXEL, point_cloud_range=RANGE, filters=())
+        DynamicVFEConfig(filters=())
     vfe = make_vfe(False, filters=(4,))
     with pytest.raises(ValueError, match=r"\(N, 5\)"):
         vfe(torch.zeros(3, 4))

@@ -12,12 +12,13 @@ the grid; out-of-range coordinates raise ``ValueError``. 0 voxels give an all-ze
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
+from perception.shapes import MapShape, SparseShape
 from perception.structures import SparseFeatures
+
+from .model_config import bev_map_shape
 
 
 def _check_coords(sparse: SparseFeatures) -> None:
@@ -56,33 +57,34 @@ class HeightCompression(nn.Module):
     """Voxel features ``(M, C)`` on ``(nz, ny, nx)`` -> dense BEV ``(B, C * nz, ny, nx)`` (no parameters).
 
     Args:
-        in_channels: ``C`` of the input features.
-        grid_shape: ``(nz, ny, nx)`` of the input (e.g. ``(2, 180, 180)`` after the nuScenes sparse ResNet).
-
-    Attributes:
-        out_channels: ``C * nz``.
+        input_shape: the 3D backbone's output (channels ``C``, grid ``(nz, ny, nx)``, stride), e.g. 128 channels on
+            ``(2, 180, 180)`` after the nuScenes sparse ResNet.
     """
 
-    def __init__(self, *, in_channels: int, grid_shape: Sequence[int]) -> None:
+    def __init__(self, *, input_shape: SparseShape) -> None:
         super().__init__()
-        shape = tuple(int(v) for v in grid_shape)
-        if len(shape) != 3 or min(shape) < 1 or in_channels < 1:
-            raise ValueError(
-                f"need in_channels >= 1 and grid_shape (nz, ny, nx) >= 1, got {in_channels}, {grid_shape}"
-            )
-        self.in_channels = int(in_channels)
-        self.grid_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
-        self.out_channels = self.in_channels * shape[0]
+        if input_shape.channels < 1 or len(input_shape.grid) != 3 or min(input_shape.grid) < 1:
+            raise ValueError(f"need channels >= 1 and a grid (nz, ny, nx) >= 1, got {input_shape}")
+        self._input_shape = input_shape
+        self._output_shape = bev_map_shape(input_shape)
+
+    def input_shape(self) -> SparseShape:
+        return self._input_shape
+
+    def output_shape(self) -> MapShape:
+        """``C * nz`` channels on ``(ny, nx)`` (:func:`~perception.models.model_config.bev_map_shape`)."""
+        return self._output_shape
 
     def forward(self, sparse: SparseFeatures) -> torch.Tensor:
         """``sparse`` ``(M, C)`` -> ``(B, C * nz, ny, nx)`` in the features' dtype, zeros where no voxel."""
         if not isinstance(sparse, SparseFeatures):
             raise TypeError(f"sparse must be a SparseFeatures, got {type(sparse).__name__}")
-        if tuple(sparse.grid_shape) != self.grid_shape:
-            raise ValueError(f"sparse.grid_shape must be {self.grid_shape}, got {sparse.grid_shape}")
-        if sparse.features.shape[1] != self.in_channels:
+        expected = self._input_shape
+        if tuple(sparse.grid_shape) != expected.grid:
+            raise ValueError(f"sparse.grid_shape must be {expected.grid}, got {sparse.grid_shape}")
+        if sparse.features.shape[1] != expected.channels:
             raise ValueError(
-                f"sparse.features must have {self.in_channels} channels, got {sparse.features.shape[1]}"
+                f"sparse.features must have {expected.channels} channels, got {sparse.features.shape[1]}"
             )
         return dense_bev(sparse)
 
@@ -91,11 +93,11 @@ class PillarScatter(HeightCompression):
     """Pillar features ``(M, C)`` on ``(1, ny, nx)`` -> dense BEV ``(B, C, ny, nx)`` (no parameters).
 
     Args:
-        in_channels: ``C``.
-        grid_shape: ``(1, ny, nx)``; ``nz`` must be 1 (use :class:`HeightCompression` for voxels).
+        input_shape: the backbone's output; its grid must have ``nz == 1`` (use :class:`HeightCompression` for
+            voxels).
     """
 
-    def __init__(self, *, in_channels: int, grid_shape: Sequence[int]) -> None:
-        if len(grid_shape) != 3 or int(grid_shape[0]) != 1:
-            raise ValueError(f"PillarScatter needs grid_shape (1, ny, nx), got {tuple(grid_shape)}")
-        super().__init__(in_channels=in_channels, grid_shape=grid_shape)
+    def __init__(self, *, input_shape: SparseShape) -> None:
+        if len(input_shape.grid) != 3 or int(input_shape.grid[0]) != 1:
+            raise ValueError(f"PillarScatter needs a grid (1, ny, nx), got {input_shape.grid}")
+        super().__init__(input_shape=input_shape)

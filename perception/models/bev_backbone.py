@@ -21,12 +21,15 @@ All BatchNorms use eps 1e-3 and momentum 0.01. Module names (``blocks.{i}.{j}``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from fractions import Fraction
 from typing import Literal
 
 import torch
 from torch import nn
+
+from perception.shapes import MapShape
+
+from .model_config import BEVBackboneConfig
 
 BlockType = Literal["plain", "residual"]
 
@@ -105,88 +108,50 @@ class BaseBEVBackbone(nn.Module):
     """Multi-stage 2D backbone with per-stage up/down-sampling to one stride and concatenation.
 
     Args:
-        in_channels: channels of the input BEV map.
-        layer_nums: extra layers (plain) or blocks (residual) per stage after the first one, e.g. ``(5, 5)``.
-        layer_strides: stride of each stage's first layer, e.g. ``(1, 2)``.
-        num_filters: width of each stage, e.g. ``(128, 256)``.
-        upsample_strides: per-stage deblock stride (``u >= 1`` integer or ``1 / integer``), optionally one more for a
-            final deblock on the concatenation; empty for no deblocks. E.g. ``(1, 2)`` (CenterPoint) or
-            ``(0.5, 1, 2)`` (DSVT nuScenes).
-        num_upsample_filters: output width of each deblock, e.g. ``(256, 256)``.
-        block: ``"plain"`` (CenterPoint) or ``"residual"`` (DSVT).
-        use_conv_for_no_stride: ``u == 1`` deblocks use a 1x1 Conv2d instead of a ConvTranspose2d (plain only).
+        config: the stages and deblocks (:class:`~perception.models.model_config.BEVBackboneConfig`, which also
+            holds the stride arithmetic: ``out_stride``, ``max_stride``, ``out_channels``).
+        input_shape: the BEV map it reads (channels, size, stride).
 
     Attributes:
-        out_channels: channels of the output map.
+        in_channels / out_channels: channels of the input / output map.
         out_stride: stride of the output w.r.t. the input (a float; e.g. 1.0 for CenterPoint, 2.0 for DSVT nuScenes).
         max_stride: the largest stage stride; input height and width must be multiples of it.
     """
 
-    def __init__(
-        self,
-        *,
-        in_channels: int,
-        layer_nums: Sequence[int],
-        layer_strides: Sequence[int],
-        num_filters: Sequence[int],
-        upsample_strides: Sequence[float] = (),
-        num_upsample_filters: Sequence[int] = (),
-        block: BlockType = "plain",
-        use_conv_for_no_stride: bool = False,
-    ) -> None:
+    def __init__(self, config: BEVBackboneConfig, *, input_shape: MapShape) -> None:
         super().__init__()
-        n = len(layer_nums)
-        if n == 0 or len(layer_strides) != n or len(num_filters) != n:
-            raise ValueError(
-                f"layer_nums, layer_strides and num_filters need the same non-zero length, got {len(layer_nums)}, "
-                f"{len(layer_strides)}, {len(num_filters)}"
-            )
-        if len(upsample_strides) != len(num_upsample_filters):
-            raise ValueError(
-                f"upsample_strides and num_upsample_filters need the same length, got {len(upsample_strides)} "
-                f"and {len(num_upsample_filters)}"
-            )
-        if len(upsample_strides) not in (0, n, n + 1):
-            raise ValueError(
-                f"upsample_strides needs 0, {n} or {n + 1} entries for {n} stages, got {len(upsample_strides)}"
-            )
-        if block not in ("plain", "residual"):
-            raise ValueError(f"block must be 'plain' or 'residual', got {block!r}")
-        if in_channels < 1 or min(num_filters) < 1 or min(layer_strides) < 1 or min(layer_nums) < 0:
-            raise ValueError("in_channels, num_filters and layer_strides must be >= 1 and layer_nums >= 0")
-        self.in_channels = int(in_channels)
-        ups = [Fraction(u).limit_denominator(1000) for u in upsample_strides]
-        if any(u <= 0 for u in ups):
-            raise ValueError(f"upsample_strides must be > 0, got {list(upsample_strides)}")
-
-        make_stage = _plain_stage if block == "plain" else _residual_stage
-        widths = [in_channels, *num_filters]
+        if input_shape.channels < 1:
+            raise ValueError(f"the input map needs >= 1 channels, got {input_shape}")
+        self.config = config
+        self._input_shape = input_shape
+        self._output_shape = config.output_shape(input_shape)
+        self.in_channels = input_shape.channels
+        self.out_channels = config.out_channels
+        self.out_stride = float(config.out_stride)
+        self.max_stride = config.max_stride
+        n = len(config.layer_nums)
+        ups = config.upsample_fractions
+        make_stage = _plain_stage if config.block == "plain" else _residual_stage
+        widths = [self.in_channels, *config.num_filters]
         self.blocks = nn.ModuleList(
-            make_stage(widths[i], widths[i + 1], int(layer_strides[i]), int(layer_nums[i])) for i in range(n)
+            make_stage(widths[i], widths[i + 1], config.layer_strides[i], config.layer_nums[i])
+            for i in range(n)
         )
-        cumulative = [1]
-        for s in layer_strides:
-            cumulative.append(cumulative[-1] * int(s))
-        cumulative = cumulative[1:]
-        conv_for_one = use_conv_for_no_stride and block == "plain"
+        conv_for_one = config.use_conv_for_no_stride and config.block == "plain"
         self.deblocks = nn.ModuleList(
-            _deblock(int(num_filters[i]), int(num_upsample_filters[i]), ups[i], conv_for_one)
+            _deblock(config.num_filters[i], config.num_upsample_filters[i], ups[i], conv_for_one)
             for i in range(min(n, len(ups)))
         )
-        level_strides = [Fraction(cumulative[i]) / (ups[i] if ups else 1) for i in range(n)]
-        if len(set(level_strides)) != 1:
-            raise ValueError(
-                f"stages end at strides {[float(s) for s in level_strides]} after upsampling (layer_strides "
-                f"{list(layer_strides)}, upsample_strides {list(upsample_strides)}); they must agree to be concatenated"
-            )
-        self.out_channels = int(sum(num_upsample_filters[:n]) if ups else sum(num_filters))
-        stride = level_strides[0]
         if len(ups) == n + 1:
             self.deblocks.append(_deblock(self.out_channels, self.out_channels, ups[n], False))
-            stride = stride / ups[n]
-        self.out_stride = float(stride)
-        self.max_stride = cumulative[-1]
         self._has_deblocks = bool(ups)
+
+    def input_shape(self) -> MapShape:
+        return self._input_shape
+
+    def output_shape(self) -> MapShape:
+        """:meth:`BEVBackboneConfig.output_shape` of the input map."""
+        return self._output_shape
 
     def forward(self, bev: torch.Tensor) -> torch.Tensor:
         """``bev`` ``(B, in_channels, H, W)`` -> ``(B, out_channels, H / out_stride, W / out_stride)``.

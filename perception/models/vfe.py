@@ -27,16 +27,19 @@ features have the autocast dtype.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import nn
 
 from perception._validate import check_tensor
+from perception.grid import VoxelGrid
 from perception.ops.scatter import scatter
-from perception.ops.voxelize import make_grid, voxelize
+from perception.ops.voxelize import voxelize
+from perception.shapes import SparseShape
 from perception.structures import SparseFeatures, Voxels
+
+from .model_config import DynamicVFEConfig
 
 Reduce = Literal["max", "mean"]
 
@@ -52,17 +55,22 @@ class MeanVFE(nn.Module):
 
     Args:
         num_point_features: ``C``, the number of point columns (e.g. 5 for ``[x, y, z, intensity, time_lag]``).
+        grid: the voxel grid of the hard voxels it reads.
     """
 
-    def __init__(self, *, num_point_features: int) -> None:
+    voxel_mode = "hard"
+    """Reads hard voxels (:class:`~perception.models.detector.Voxelization` in mode ``hard``)."""
+
+    def __init__(self, *, num_point_features: int, grid: VoxelGrid) -> None:
         super().__init__()
         if num_point_features < 3:
             raise ValueError(f"num_point_features must be >= 3 (x, y, z, ...), got {num_point_features}")
         self.num_point_features = int(num_point_features)
+        self.grid = grid
 
-    @property
-    def out_channels(self) -> int:
-        return self.num_point_features
+    def output_shape(self) -> SparseShape:
+        """``C`` channels (the point columns) on the voxel grid."""
+        return SparseShape(self.num_point_features, self.grid.shape, 1)
 
     def forward(self, voxels: Voxels, *, batch_size: int) -> SparseFeatures:
         """Average the first ``counts[i]`` points of each voxel (padding rows are ignored, whatever they hold).
@@ -77,6 +85,10 @@ class MeanVFE(nn.Module):
         if not isinstance(voxels, Voxels):
             raise TypeError(f"voxels must be a perception.structures.Voxels, got {type(voxels).__name__}")
         batch_size = _check_batch_size(batch_size)
+        if tuple(voxels.grid_shape) != self.grid.shape:
+            raise ValueError(
+                f"voxels.grid_shape must be {self.grid.shape} (the VFE's grid), got {voxels.grid_shape}"
+            )
         m, p, c = voxels.features.shape
         if c != self.num_point_features:
             raise ValueError(f"voxels.features must have {self.num_point_features} channels, got {c}")
@@ -139,60 +151,50 @@ class PFNLayer(nn.Module):
 
 class _DynamicVFE(nn.Module):
     pillar: bool = False
+    voxel_mode = "dynamic"
+    """Voxelizes the points itself, dynamically (every point kept), on :attr:`grid`."""
 
     def __init__(
         self,
+        config: DynamicVFEConfig,
         *,
         num_point_features: int,
-        voxel_size: Sequence[float],
-        point_cloud_range: Sequence[float],
-        filters: Sequence[int],
-        use_absolute_xyz: bool = True,
-        with_distance: bool = False,
-        use_norm: bool = True,
-        reduce: Reduce = "max",
+        grid: VoxelGrid,
         backend: str | None = None,
     ) -> None:
         super().__init__()
         if num_point_features < 3:
             raise ValueError(f"num_point_features must be >= 3 (x, y, z, ...), got {num_point_features}")
-        filters = [int(f) for f in filters]
-        if not filters or min(filters) < 1:
-            raise ValueError(f"filters must be a non-empty list of positive widths, got {filters}")
-        self.grid = make_grid(voxel_size, point_cloud_range)
-        if self.pillar and self.grid.shape[0] != 1:
+        if self.pillar and not grid.is_pillar:
             raise ValueError(
-                f"DynamicPillarVFE needs one voxel along z (voxel_size z = z range), got grid {self.grid.shape}"
+                f"DynamicPillarVFE needs one voxel along z (voxel_size z = z range), got grid {grid.shape}"
             )
+        self.config = config
+        self.grid = grid
         self.num_point_features = int(num_point_features)
-        self.point_cloud_range = tuple(float(v) for v in point_cloud_range)
-        self.voxel_size = tuple(float(v) for v in voxel_size)
-        self.use_absolute_xyz = use_absolute_xyz
-        self.with_distance = with_distance
+        self.use_absolute_xyz = config.use_absolute_xyz
+        self.with_distance = config.with_distance
         self.backend = backend
-        in_channels = num_point_features + (6 if use_absolute_xyz else 3) + (1 if with_distance else 0)
+        filters = list(config.filters)
+        in_channels = (
+            num_point_features + (6 if config.use_absolute_xyz else 3) + (1 if config.with_distance else 0)
+        )
         widths = [in_channels, *filters]
         self.pfn_layers = nn.ModuleList(
             PFNLayer(
                 in_channels=widths[i],
                 out_channels=widths[i + 1],
                 last=i == len(filters) - 1,
-                use_norm=use_norm,
-                reduce=reduce,
+                use_norm=config.use_norm,
+                reduce=config.reduce,
                 backend=backend,
             )
             for i in range(len(filters))
         )
-        self._out_channels = filters[-1]
 
-    @property
-    def out_channels(self) -> int:
-        return self._out_channels
-
-    @property
-    def grid_shape(self) -> tuple[int, int, int]:
-        """``(nz, ny, nx)`` of the output coordinates."""
-        return self.grid.shape
+    def output_shape(self) -> SparseShape:
+        """``filters[-1]`` channels on the voxel grid."""
+        return SparseShape(self.config.filters[-1], self.grid.shape, 1)
 
     def _voxelize(
         self, points: torch.Tensor, batch_index: torch.Tensor | None
@@ -206,8 +208,7 @@ class _DynamicVFE(nn.Module):
             vox_points[:, 2] = torch.where(torch.isfinite(points[:, 2]), z_mid, points[:, 2])
         dv = voxelize(
             vox_points,
-            self.voxel_size,
-            self.point_cloud_range,
+            self.grid,
             batch_index=batch_index,
             mode="dynamic",
             backend=self.backend,
@@ -274,14 +275,10 @@ class DynamicPillarVFE(_DynamicVFE):
     """PointNet-style pillar encoder on dynamically voxelized points (see the module docstring).
 
     Args:
+        config: the layers (:class:`~perception.models.model_config.DynamicVFEConfig`: ``filters``,
+            ``use_absolute_xyz``, ``with_distance``, ``use_norm``, ``reduce``).
         num_point_features: ``C`` point columns (e.g. 5: ``x, y, z, intensity, time_lag``).
-        voxel_size: ``(x, y, z)`` metres; z must equal the z extent of ``point_cloud_range`` (one pillar).
-        point_cloud_range: ``(x0, y0, z0, x1, y1, z1)`` metres.
-        filters: output widths of the stacked layers, e.g. ``(128, 128)`` (DSVT nuScenes); inner widths even.
-        use_absolute_xyz: include the raw xyz among the point features (else only the columns after xyz).
-        with_distance: append the point's distance to the origin.
-        use_norm: BatchNorm1d after each bias-free Linear (else a Linear with bias).
-        reduce: per-voxel reduction of every layer, ``"max"`` (default) or ``"mean"``.
+        grid: the voxel grid; one cell along z (voxel size z = the z extent of the range).
         backend: backend of the voxelize / scatter ops (``None`` picks by device).
     """
 

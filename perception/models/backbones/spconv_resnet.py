@@ -33,7 +33,6 @@ an empty tensor). A single voxel works in eval mode; in training mode BatchNorm 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,31 +47,16 @@ from perception.models.spconv_utils import (
     to_spconv,
     use_conv_algo,
 )
+from perception.shapes import SparseShape
 from perception.structures import SparseFeatures
+
+from .spconv_resnet_config import DOWNSAMPLE_CONVS, OUT_CONV, STAGE_NAMES, STAGE_STRIDES, SpconvResNetConfig
 
 Triple = tuple[int, int, int]
 
 
 def _norm(channels: int) -> nn.BatchNorm1d:
     return nn.BatchNorm1d(channels, eps=1e-3, momentum=0.01)
-
-
-def _triple(v: int | Sequence[int]) -> Triple:
-    t = (v, v, v) if isinstance(v, int) else tuple(int(x) for x in v)
-    if len(t) != 3:
-        raise ValueError(f"expected an int or 3 ints, got {v!r}")
-    return t  # type: ignore[return-value]
-
-
-def conv_output_shape(
-    shape: Sequence[int],
-    kernel: int | Sequence[int],
-    stride: int | Sequence[int],
-    padding: int | Sequence[int],
-) -> Triple:
-    """Spatial shape after a (sparse) convolution: ``(n + 2p - k) // s + 1`` per axis (``(D, H, W)`` order)."""
-    k, s, p = _triple(kernel), _triple(stride), _triple(padding)
-    return tuple((n + 2 * pi - ki) // si + 1 for n, ki, si, pi in zip(shape, k, s, p, strict=True))  # type: ignore[return-value]
 
 
 class SparseBasicBlock(spconv_torch.SparseModule):
@@ -118,122 +102,95 @@ class VoxelResBackbone8x(nn.Module):
     """CenterPoint's sparse ResNet, 8x downsampling in x/y (see the module docstring for the layer table).
 
     Args:
-        in_channels: width of the input voxel features (e.g. 5 from :class:`~perception.models.vfe.MeanVFE`).
-        grid_shape: ``(nz, ny, nx)`` of the input voxel grid.
-        channels: widths of the four stages (default ``(16, 32, 64, 128)``).
-        out_channels: width of the final z-downsampling conv (default 128).
-        blocks_per_stage: residual blocks in each stage (default 2).
-        block_bias: bias in the residual blocks' convs (OpenPCDet default True).
-        extra_z: empty layers added on top of the grid along z before the convs (OpenPCDet: 1).
-        last_pad: z padding of the final ``(3, 1, 1)`` conv (OpenPCDet ``last_pad``, default 0).
+        config: the ``model.backbone_3d.spconv_resnet`` settings (widths, blocks, ``extra_z``, ``last_pad``).
+        input_shape: the VFE output: channels (e.g. 5 from :class:`~perception.models.vfe.MeanVFE`) and the input
+            voxel grid ``(nz, ny, nx)``.
 
     Attributes:
-        out_channels: width of the output features.
-        out_stride: 8, the x/y stride of the output w.r.t. the input grid.
-        out_grid_shape: ``(D, H, W)`` of the output grid (``(2, 180, 180)`` for nuScenes 0.075 m).
-        stages: :class:`StageSpec` of ``conv1, conv2, conv3, conv4, conv_out`` in order.
+        sparse_shape: the spconv grid (input grid plus ``extra_z`` layers along z).
+        stages: :class:`StageSpec` of ``conv1, conv2, conv3, conv4, conv_out`` in order (grids from
+            :meth:`SpconvResNetConfig.stage_grids`, the same layer table the convs are built from).
     """
 
-    out_stride = 8
-
-    def __init__(
-        self,
-        *,
-        in_channels: int,
-        grid_shape: Sequence[int],
-        channels: Sequence[int] = (16, 32, 64, 128),
-        out_channels: int = 128,
-        blocks_per_stage: int = 2,
-        block_bias: bool = True,
-        extra_z: int = 1,
-        last_pad: int = 0,
-    ) -> None:
+    def __init__(self, config: SpconvResNetConfig, *, input_shape: SparseShape) -> None:
         super().__init__()
-        grid = _triple(grid_shape)
-        if min(grid) < 1 or in_channels < 1:
-            raise ValueError(
-                f"need grid_shape (nz, ny, nx) >= 1 and in_channels >= 1, got {grid}, {in_channels}"
-            )
-        c = [int(x) for x in channels]
-        if len(c) != 4 or min(c) < 1 or out_channels < 1 or blocks_per_stage < 0 or extra_z < 0:
-            raise ValueError(
-                f"channels must be 4 positive widths, out_channels >= 1, blocks_per_stage >= 0, extra_z >= 0; "
-                f"got {c}, {out_channels}, {blocks_per_stage}, {extra_z}"
-            )
-        self.in_channels = int(in_channels)
-        self.grid_shape = grid
-        self.out_channels = int(out_channels)
-        self.sparse_shape: Triple = (grid[0] + extra_z, grid[1], grid[2])
+        self.config = config
+        self._input_shape = input_shape
+        self._output_shape = config.output_shape(input_shape)  # ValueError when the grid does not fit
+        c, in_channels = list(config.channels), input_shape.channels
+        grid = tuple(input_shape.grid)
+        shapes = config.stage_grids(grid)
+        self.sparse_shape: Triple = config.sparse_shape(grid)
 
         self.conv_input = _conv_bn_relu(
             SubMConv3d(in_channels, c[0], 3, padding=1, bias=False, indice_key="subm1"), c[0]
         )
-        shapes = [self.sparse_shape]
         stage_modules: list[spconv_torch.SparseSequential] = []
-        paddings: list[int | Triple] = [1, 1, (0, 1, 1)]
         for i in range(4):
             layers: list[nn.Module] = []
             if i > 0:
+                kernel, stride, padding = DOWNSAMPLE_CONVS[i - 1]
                 conv = SparseConv3d(
                     c[i - 1],
                     c[i],
-                    3,
-                    stride=2,
-                    padding=paddings[i - 1],
+                    kernel,
+                    stride=stride,
+                    padding=padding,
                     bias=False,
                     indice_key=f"spconv{i + 1}",
                 )
                 layers.append(_conv_bn_relu(conv, c[i]))
-                shapes.append(conv_output_shape(shapes[-1], 3, 2, paddings[i - 1]))
             layers += [
-                SparseBasicBlock(c[i], indice_key=f"res{i + 1}", bias=block_bias)
-                for _ in range(blocks_per_stage)
+                SparseBasicBlock(c[i], indice_key=f"res{i + 1}", bias=config.block_bias)
+                for _ in range(config.blocks_per_stage)
             ]
             stage_modules.append(spconv_torch.SparseSequential(*layers))
         self.conv1, self.conv2, self.conv3, self.conv4 = stage_modules
+        out_kernel, out_stride = OUT_CONV
         self.conv_out = _conv_bn_relu(
             SparseConv3d(
                 c[3],
-                out_channels,
-                (3, 1, 1),
-                stride=(2, 1, 1),
-                padding=last_pad,
+                config.out_channels,
+                out_kernel,
+                stride=out_stride,
+                padding=config.last_pad,
                 bias=False,
                 indice_key="spconv_down2",
             ),
-            out_channels,
+            config.out_channels,
         )
-        shapes.append(conv_output_shape(shapes[-1], (3, 1, 1), (2, 1, 1), last_pad))
-        if min(min(s) for s in shapes) < 1:
-            raise ValueError(
-                f"grid_shape {grid} is too small for VoxelResBackbone8x: stage grids {shapes} (z needs at least "
-                f"{11 - extra_z} layers with the default paddings)"
-            )
-        names = ("conv1", "conv2", "conv3", "conv4", "conv_out")
-        widths = (*c, out_channels)
-        strides = (1, 2, 4, 8, 8)
+        widths = (*c, config.out_channels)
         self.stages = tuple(
-            StageSpec(n, w, s, st) for n, w, s, st in zip(names, widths, shapes, strides, strict=True)
+            StageSpec(n, w, s, st * input_shape.stride)
+            for n, w, s, st in zip(STAGE_NAMES, widths, shapes, STAGE_STRIDES, strict=True)
         )
-        self.out_grid_shape: Triple = shapes[-1]
+
+    def input_shape(self) -> SparseShape:
+        """What the backbone takes: the VFE's channels on the voxel grid."""
+        return self._input_shape
+
+    def output_shape(self) -> SparseShape:
+        """What it gives: ``out_channels`` on the ``conv_out`` grid, stride 8 (:meth:`SpconvResNetConfig.output_shape`)."""
+        return self._output_shape
 
     def _check(self, sparse: SparseFeatures) -> None:
         if not isinstance(sparse, SparseFeatures):
             raise TypeError(f"sparse must be a SparseFeatures, got {type(sparse).__name__}")
-        if tuple(sparse.grid_shape) != self.grid_shape:
+        expected = self._input_shape
+        if tuple(sparse.grid_shape) != expected.grid:
             raise ValueError(
-                f"sparse.grid_shape must be {self.grid_shape} (the backbone's grid), got {sparse.grid_shape}"
+                f"sparse.grid_shape must be {expected.grid} (the backbone's grid), got {sparse.grid_shape}"
             )
-        if sparse.features.shape[1] != self.in_channels:
+        if sparse.features.shape[1] != expected.channels:
             raise ValueError(
-                f"sparse.features must have {self.in_channels} channels, got {sparse.features.shape[1]}"
+                f"sparse.features must have {expected.channels} channels, got {sparse.features.shape[1]}"
             )
 
     def forward_stages(self, sparse: SparseFeatures) -> list[SparseFeatures]:
         """Run the backbone and return every stage's output (``conv1, conv2, conv3, conv4, conv_out``).
 
         Args:
-            sparse: features ``(M, in_channels)``, coords int32 ``(M, 4)`` ``[b, z, y, x]`` on ``grid_shape``.
+            sparse: features ``(M, C_in)``, coords int32 ``(M, 4)`` ``[b, z, y, x]`` on the input grid.
 
         Returns:
             Five :class:`SparseFeatures`, stage ``i`` with ``stages[i].channels`` float32 features on
@@ -265,6 +222,6 @@ class VoxelResBackbone8x(nn.Module):
         return outs
 
     def forward(self, sparse: SparseFeatures) -> SparseFeatures:
-        """``sparse`` on ``grid_shape`` -> float32 ``(M', out_channels)`` features on ``out_grid_shape``
+        """``sparse`` on the input grid -> float32 ``(M', out_channels)`` features on ``output_shape().grid``
         (x/y stride 8); feed it to :class:`~perception.models.bev.HeightCompression`."""
         return self.forward_stages(sparse)[-1]
