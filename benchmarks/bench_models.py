@@ -94,7 +94,7 @@ def detector_frame() -> None:
         for _ in range(REPEATS):
             times["torch.mm 2048^3"].append(_ms(lambda: torch.mm(a, b)))
             times["voxelize"].append(
-                _ms(lambda: voxelize(points, vox.voxel_size, vox.point_cloud_range, mode="dynamic"))
+                _ms(lambda: voxelize(points, vox.grid, mode="dynamic"))
             )
             t = time.perf_counter()
             sparse = model.voxel_features(batch)

@@ -77,9 +77,11 @@ def main() -> None:
 
     from perception.datasets.synthetic import make_lidar_scan
     from perception.models.backbones.spconv_resnet import VoxelResBackbone8x
+    from perception.models.backbones.spconv_resnet_config import SpconvResNetConfig
     from perception.models.spconv_utils import to_spconv, use_conv_algo
+    from perception.shapes import SparseShape
     from perception.models.vfe import MeanVFE
-    from perception.ops.voxelize import voxelize
+    from perception.ops.voxelize import make_grid, voxelize
 
     torch.set_num_threads(2)
     numba.set_num_threads(2)
@@ -89,7 +91,7 @@ def main() -> None:
     t = time.perf_counter()
     voxels = voxelize(points, VOXEL_SIZE, POINT_RANGE, MAX_POINTS, MAX_VOXELS)
     t_vox = time.perf_counter() - t
-    vfe = MeanVFE(num_point_features=5)
+    vfe = MeanVFE(num_point_features=5, grid=make_grid(VOXEL_SIZE, POINT_RANGE))
     t = time.perf_counter()
     sparse = vfe(voxels, batch_size=1)
     t_vfe = time.perf_counter() - t
