@@ -79,9 +79,9 @@ def main() -> None:
     from perception.models.backbones.spconv_resnet import VoxelResBackbone8x
     from perception.models.backbones.spconv_resnet_config import SpconvResNetConfig
     from perception.models.spconv_utils import to_spconv, use_conv_algo
-    from perception.shapes import SparseShape
     from perception.models.vfe import MeanVFE
     from perception.ops.voxelize import make_grid, voxelize
+    from perception.shapes import SparseShape
 
     torch.set_num_threads(2)
     numba.set_num_threads(2)
