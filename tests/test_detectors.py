@@ -19,11 +19,12 @@ from perception.datasets.nuscenes import NuScenesDataset
 from perception.datasets.nuscenes_infos import create_nuscenes_infos
 from perception.datasets.synthetic import SyntheticParams, generate
 from perception.models.build import build_detector
-from perception.models.detector import VoxelDetector, total_loss
+from perception.models.detector import VoxelDetector, Voxelization, total_loss
 from perception.models.heads.centerpoint import CenterPointHead, CenterPointOutput
 from perception.models.heads.transfusion import TransFusionOutput
 from perception.ops.iou3d import boxes_iou_bev
 from perception.ops.points_in_boxes import points_in_boxes
+from perception.shapes import MapShape
 from perception.structures import Batch, Boxes3D, Detections
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,23 +160,31 @@ def test_dsvt_detector_does_not_import_spconv() -> None:
 def test_model_config_loads_and_builds(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.model is not None
-    plan = cfg.model.plan(cfg.data)
+    plan = cfg.model.plan(cfg.data.grid, cfg.data.class_names)
     model = build_detector(cfg.model, cfg.data)
+    # the built stages report the shapes the config-time plan computed (one computation, two moments)
+    assert model.vfe.output_shape() == plan.vfe
+    assert model.backbone_3d.output_shape() == plan.backbone_3d
+    assert model.to_bev.output_shape() == plan.bev
+    assert model.bev_backbone.output_shape() == plan.head_input == model.head.input_shape()
     assert model.head.coder.feature_stride == plan.feature_stride
-    assert tuple(model.head.coder.feature_map_size) == plan.feature_map_size
-    assert model.voxelization.grid_shape == plan.grid == cfg.data.grid.shape
+    assert tuple(model.head.coder.feature_map_size) == plan.head_input.size
+    assert model.voxelization.grid is cfg.data.grid and plan.grid is cfg.data.grid
 
 
 def test_full_size_configs_match_the_published_models() -> None:
     cp = load_config(CONFIGS / "centerpoint_spconv_nuscenes.yaml")
-    plan = cp.model.plan(cp.data)
-    assert plan.grid == (40, 1440, 1440) and plan.backbone_grid == (2, 180, 180)
-    assert plan.bev_channels == 256 and plan.bev_backbone_channels == 512 and plan.feature_stride == 8
+    plan = cp.model.plan(cp.data.grid, cp.data.class_names)
+    assert plan.grid.shape == (40, 1440, 1440) and plan.backbone_3d.grid == (2, 180, 180)
+    assert plan.bev.channels == 256 and plan.head_input.channels == 512 and plan.feature_stride == 8
     dsvt = load_config(CONFIGS / "dsvt_pillar_transfusion_nuscenes.yaml")
-    plan = dsvt.model.plan(dsvt.data)
-    assert plan.grid == (1, 360, 360) and plan.feature_map_size == (180, 180) and plan.feature_stride == 2
-    assert plan.dsvt is not None
-    stage = plan.dsvt.stages[0]
+    plan = dsvt.model.plan(dsvt.data.grid, dsvt.data.class_names)
+    assert (
+        plan.grid.shape == (1, 360, 360) and plan.head_input.size == (180, 180) and plan.feature_stride == 2
+    )
+    dsvt_cfg = dsvt.model.backbone_3d.dsvt
+    assert dsvt_cfg is not None
+    stage = dsvt_cfg.stages[0]
     assert (stage.window_shape, stage.shift, stage.set_size, stage.num_blocks) == (
         (1, 30, 30),
         (0, 15, 15),
@@ -184,12 +193,18 @@ def test_full_size_configs_match_the_published_models() -> None:
     )
     assert (stage.d_model, stage.num_heads, stage.dim_feedforward) == (128, 8, 256)
     head = dsvt.model.head.transfusion
-    assert head.num_proposals == 200 and head.with_iou and plan.bev_backbone_channels == 384
+    assert head.num_proposals == 200 and head.with_iou and plan.head_input.channels == 384
     voxel = load_config(CONFIGS / "dsvt_voxel_nuscenes.yaml")
-    plan = voxel.model.plan(voxel.data)
-    assert plan.grid == (32, 340, 340) and voxel.data.voxel_size == (0.32, 0.32, 0.1875)
-    assert [s.window_shape[0] for s in plan.dsvt.stages] == [32, 8, 2, 1]
-    assert plan.dsvt.stage_shapes == ((32, 340, 340), (8, 340, 340), (2, 340, 340), (1, 340, 340))
+    plan = voxel.model.plan(voxel.data.grid, voxel.data.class_names)
+    assert plan.grid.shape == (32, 340, 340) and voxel.data.voxel_size == (0.32, 0.32, 0.1875)
+    voxel_dsvt = voxel.model.backbone_3d.dsvt
+    assert [s.window_shape[0] for s in voxel_dsvt.stages] == [32, 8, 2, 1]
+    assert voxel_dsvt.stage_shapes(plan.grid.shape) == (
+        (32, 340, 340),
+        (8, 340, 340),
+        (2, 340, 340),
+        (1, 340, 340),
+    )
 
 
 # ---------------------------------------------------------------- cross-checks
@@ -259,13 +274,6 @@ def test_cross_checks_name_what_disagrees(path: Path, overrides: list[str], need
 def test_detector_constructor_checks_built_stages(nusc_root: Path) -> None:
     cfg = _config("dsvt_pillar_centerpoint", nusc_root)
     model = _build(cfg)
-    head_kw = dict(
-        in_channels=64,
-        class_names=cfg.data.class_names,
-        tasks=cfg.model.head.centerpoint.tasks,
-        point_cloud_range=cfg.data.point_cloud_range,
-        voxel_size=cfg.data.voxel_size,
-    )
     parts = dict(
         voxelization=model.voxelization,
         vfe=model.vfe,
@@ -273,16 +281,28 @@ def test_detector_constructor_checks_built_stages(nusc_root: Path) -> None:
         to_bev=model.to_bev,
         bev_backbone=model.bev_backbone,
     )
-    with pytest.raises(ValueError, match="feature_stride is 4 but its input has stride 2"):
-        VoxelDetector(**parts, head=CenterPointHead(feature_stride=4, **head_kw))
-    head_kw["in_channels"] = 32
-    with pytest.raises(ValueError, match="head expects 32 channels"):
-        VoxelDetector(**parts, head=CenterPointHead(feature_stride=2, **head_kw))
+    out = model.bev_backbone.output_shape()
+    grid = cfg.data.grid
+
+    def head(input_shape: MapShape) -> CenterPointHead:
+        return CenterPointHead(
+            cfg.model.head.centerpoint, class_names=cfg.data.class_names, grid=grid, input_shape=input_shape
+        )
+
+    with pytest.raises(
+        ValueError, match=r"the head expects MapShape\(channels=64, size=\(90, 90\), stride=Fraction\(4"
+    ):
+        VoxelDetector(**parts, head=head(MapShape(out.channels, grid.bev_size(4), 4)))
+    with pytest.raises(ValueError, match=r"the head expects MapShape\(channels=32"):
+        VoxelDetector(**parts, head=head(MapShape(32, out.size, out.stride)))
     spconv = _build(_config("centerpoint_spconv", nusc_root))
     with pytest.raises(ValueError, match="voxelization mode 'dynamic' does not fit the VFE MeanVFE"):
         VoxelDetector(**{**parts, "vfe": spconv.vfe}, head=model.head)
     with pytest.raises(ValueError, match="backbone_3d expects the grid"):
         VoxelDetector(**{**parts, "backbone_3d": spconv.backbone_3d}, head=model.head)
+    with pytest.raises(ValueError, match="the VFE's grid"):
+        other_grid = Voxelization(cfg.model.voxelization, grid=spconv.voxelization.grid)
+        VoxelDetector(**{**parts, "voxelization": other_grid}, head=model.head)
 
 
 # ---------------------------------------------------------------- forward / loss / predict
