@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from perception.models.backbones.dsvt import DSVTBackbone, build_dsvt
-from perception.models.backbones.dsvt_config import dsvt_pillar_nuscenes
+from perception.models.backbones.dsvt_presets import dsvt_pillar_nuscenes
 from perception.structures import SparseFeatures
 
 SIZES = (30_000, 40_000, 60_000)
@@ -105,7 +105,8 @@ def main() -> None:
             print("note: keep_freed_memory() changed nothing (not glibc, or MALLOC_* already set)")
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    model = build_dsvt(dsvt_pillar_nuscenes()).eval()
+    preset = dsvt_pillar_nuscenes()
+    model = build_dsvt(preset.config, input_shape=preset.input_shape).eval()
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     mm_flop = 2 * 2048**3
 

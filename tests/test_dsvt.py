@@ -1,25 +1,20 @@
-"""DSVT backbone: shapes, gradients, order invariance, masks, edge inputs, autocast, config validation, flags."""
+"""DSVT backbone: shapes, gradients, order invariance, masks, edge inputs, autocast, flags (configs: test_dsvt_config)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from pydantic import ValidationError
 from torch import nn
 
-from perception.models.backbones.dsvt import build_dsvt
+from perception.models.backbones.dsvt import DSVTBackbone, build_dsvt
 from perception.models.backbones.dsvt_blocks import AttentionPooling, SetAttentionLayer
-from perception.models.backbones.dsvt_config import (
-    DSVTConfig,
-    DSVTStageConfig,
-    dsvt_pillar_nuscenes,
-    dsvt_voxel_waymo,
-)
+from perception.models.backbones.dsvt_config import DSVTConfig, DSVTStageConfig
 from perception.models.backbones.dsvt_convert import convert_authors_state_dict, to_authors_state_dict
 from perception.models.backbones.dsvt_input import SetIndex, first_slots
 from perception.ops._backend import cuda_simulator_enabled
 from perception.ops.pool_windows import pool_windows
 from perception.ops.set_partition import set_partition
+from perception.shapes import SparseShape
 from perception.structures import SparseFeatures
 
 C = 16
@@ -42,10 +37,7 @@ def voxel_cfg(**overrides: object) -> DSVTConfig:
         )
 
     fields: dict[str, object] = dict(
-        point_cloud_range=(0.0, 0.0, 0.0, 10.0, 9.0, 2.0),
-        voxel_size=(0.5, 0.5, 0.25),
         sparse_shape=(8, 18, 20),
-        in_channels=C,
         stages=(
             stage((4, 4, 5), (2, 2, 3), 8, 2, 2, (2, 2, 2)),
             stage((4, 3, 4), (0, 1, 2), 6, 1, 4, (4, 1, 1)),
@@ -71,10 +63,7 @@ def pillar_cfg(**overrides: object) -> DSVTConfig:
         dim_feedforward=32,
     )
     fields: dict[str, object] = dict(
-        point_cloud_range=(-12.0, -9.0, -3.0, 12.0, 9.0, 1.0),
-        voxel_size=(0.5, 0.5, 4.0),
         sparse_shape=(1, 36, 48),
-        in_channels=C,
         stages=(stage,),
         bev_shape=(36, 48),
     )
@@ -82,18 +71,25 @@ def pillar_cfg(**overrides: object) -> DSVTConfig:
     return DSVTConfig(**fields)  # type: ignore[arg-type]
 
 
+def input_of(cfg: DSVTConfig) -> SparseShape:
+    """The test configs write their input grid out (``sparse_shape``); the input has ``C`` channels."""
+    assert cfg.sparse_shape is not None
+    return SparseShape(C, cfg.sparse_shape)
+
+
 def random_sparse(cfg: DSVTConfig, n: int, batch: int = 2, seed: int = 0) -> SparseFeatures:
     g = torch.Generator().manual_seed(seed)
-    nz, ny, nx = cfg.sparse_shape
+    inp = input_of(cfg)
+    nz, ny, nx = inp.grid
     flat = torch.randperm(batch * nz * ny * nx, generator=g)[:n]
     b, r = flat // (nz * ny * nx), flat % (nz * ny * nx)
     coords = torch.stack([b, r // (ny * nx), (r // nx) % ny, r % nx], 1).int()
-    return SparseFeatures(torch.randn(n, cfg.in_channels, generator=g), coords, cfg.sparse_shape, batch)
+    return SparseFeatures(torch.randn(n, inp.channels, generator=g), coords, inp.grid, batch)
 
 
-def model_of(cfg: DSVTConfig, seed: int = 0) -> nn.Module:
+def model_of(cfg: DSVTConfig, seed: int = 0) -> DSVTBackbone:
     torch.manual_seed(seed)
-    return build_dsvt(cfg)
+    return build_dsvt(cfg, input_shape=input_of(cfg))
 
 
 CFGS = {"voxel": voxel_cfg, "pillar": pillar_cfg}
@@ -106,10 +102,13 @@ CFGS = {"voxel": voxel_cfg, "pillar": pillar_cfg}
 def test_shapes_and_dtypes(name: str) -> None:
     cfg = CFGS[name]()
     sparse = random_sparse(cfg, 300)
-    out = model_of(cfg)(sparse)
+    model = model_of(cfg)
+    out = model(sparse)
+    shape = model.output_shape()
+    assert shape == cfg.output_shape(input_of(cfg))
     assert out.features.dtype == torch.float32 and out.coords.dtype == torch.int32
-    assert out.grid_shape == cfg.out_shape and out.batch_size == 2
-    assert out.features.shape == (out.coords.shape[0], cfg.out_channels)
+    assert out.grid_shape == shape.grid and out.batch_size == 2
+    assert out.features.shape == (out.coords.shape[0], shape.channels)
     if name == "pillar":  # one stage: the input voxels in input order
         assert torch.equal(out.coords, sparse.coords)
     else:  # distinct input voxels after the strides (2, 2, 2) then (4, 1, 1)
@@ -246,7 +245,7 @@ def test_empty_and_single_voxel(name: str, n: int, train: bool) -> None:
     feats = sparse.features.clone().requires_grad_(True)
     out = model(sparse.replace_features(feats))
     assert out.features.shape == (n, C) and out.coords.shape == (n, 4)
-    assert out.grid_shape == cfg.out_shape
+    assert out.grid_shape == model.output_shape().grid
     assert torch.isfinite(out.features).all()
     out.features.sum().backward()  # backward works (a no-op gradient when empty)
     if n == 1:
@@ -375,73 +374,6 @@ def test_inference_position_table_equals_per_voxel_embedding() -> None:
         loc = model.input_layer._centred(windows.coords_in_window, windows.window_shape, 0)
         direct = model.input_layer.pos_embeds[0][1][0](loc)  # block 1 uses configuration 1
     torch.testing.assert_close(table[0][1][0], direct, atol=1e-5, rtol=1e-5)
-
-
-# ------------------------------------------------------------------------------------------------ configs
-
-
-def test_authors_configs() -> None:
-    p = dsvt_pillar_nuscenes()
-    assert p.sparse_shape == (1, 360, 360) and p.stages[0].window_shape == (1, 30, 30)
-    assert p.stages[0].shift == (0, 15, 15) and p.stages[0].set_size == 90 and p.stages[0].num_blocks == 4
-    assert (p.stages[0].d_model, p.stages[0].num_heads, p.stages[0].dim_feedforward) == (128, 8, 256)
-    assert p.out_shape == (1, 360, 360) and not p.authors_pos_embed and p.pool_mask_empty
-    w = dsvt_voxel_waymo()
-    assert w.stage_shapes == ((32, 468, 468), (8, 468, 468), (2, 468, 468), (1, 468, 468))
-    assert [s.window_shape[0] for s in w.stages] == [32, 8, 2, 1]
-    assert all(s.hybrid_window_shape[1:] == (24, 24) and s.set_size == 48 for s in w.stages)
-    assert w.out_channels == 192 and w.bev_shape == (468, 468)
-    assert dsvt_pillar_nuscenes(authors_pos_embed=True).authors_pos_embed
-
-
-def _stage0(**kw: object) -> DSVTStageConfig:
-    return pillar_cfg().stages[0].model_copy(update=kw)
-
-
-@pytest.mark.parametrize(
-    ("make", "match"),
-    [
-        (lambda: pillar_cfg(sparse_shape=(1, 36, 40)), "sparse_shape nx = 40 disagrees"),
-        (lambda: pillar_cfg(voxel_size=(0.5, 0.4, 4.0)), "sparse_shape ny = 36 disagrees"),
-        (lambda: pillar_cfg(point_cloud_range=(-12.0, -9.0, -3.0, 12.0, 9.0, 5.0)), "sparse_shape nz = 1"),
-        (lambda: pillar_cfg(in_channels=32), r"in_channels \(32\) must equal stages\[0\].d_model"),
-        (lambda: pillar_cfg(bev_shape=(48, 36)), "bev_shape"),
-        (lambda: voxel_cfg(bev_shape=(18, 20)), r"last stage's \(ny, nx\) = \(9, 10\)"),
-        (lambda: pillar_cfg(stages=(_stage0(shift=(0, 21, 6)),)), r"shift y = 21 must lie in \[0, 20\]"),
-        (lambda: pillar_cfg(stages=(_stage0(num_heads=5),)), r"num_heads \(5\) must divide d_model"),
-        (lambda: pillar_cfg(stages=(_stage0(window_shape=(2, 10, 12)),)), "window_shape z = 2 exceeds"),
-        (
-            lambda: pillar_cfg(stages=(_stage0(downsample_stride=(1, 2, 2)),)),
-            "downsample_stride must be None",
-        ),
-        (
-            lambda: voxel_cfg(
-                stages=(voxel_cfg().stages[0].model_copy(update={"window_shape": (1, 4, 5)}),)
-                + voxel_cfg().stages[1:]
-            ),
-            "window_shape z = 1 with stage grid nz = 8",
-        ),
-        (
-            lambda: voxel_cfg(
-                stages=(voxel_cfg().stages[0].model_copy(update={"downsample_stride": None}),)
-                + voxel_cfg().stages[1:]
-            ),
-            r"stages\[0\].downsample_stride is required",
-        ),
-        (
-            lambda: voxel_cfg(
-                stages=voxel_cfg().stages[:2] + (voxel_cfg().stages[2].model_copy(update={"d_model": 32}),)
-            ),
-            r"stages\[1\].d_model \(16\) must equal stages\[2\].d_model \(32\)",
-        ),
-        (lambda: voxel_cfg(pool_num_heads=3), r"pool_num_heads \(3\) must divide"),
-        (lambda: pillar_cfg(windw=3), "windw"),
-        (lambda: pillar_cfg(stages=()), "stages"),
-    ],
-)
-def test_config_validation_names_the_disagreeing_quantity(make, match) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ValidationError, match=match):
-        make()
 
 
 # ------------------------------------------------------------------------------------------------ converter

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from perception.models.backbones.dsvt import DSVTBackbone, build_dsvt
-from perception.models.backbones.dsvt_config import DSVTConfig, dsvt_config_from_authors
 from perception.models.backbones.dsvt_convert import convert_authors_state_dict, load_authors_checkpoint
+from perception.models.backbones.dsvt_presets import DSVTPreset, dsvt_config_from_authors
 from perception.structures import SparseFeatures
 
 FIXTURE = Path(__file__).parent / "data" / "dsvt" / "authors_dsvt_outputs.pt"
@@ -26,7 +26,7 @@ def fixture() -> dict[str, Any]:
     return torch.load(FIXTURE, map_location="cpu", weights_only=True)
 
 
-def config_of(case: dict[str, Any], **overrides: Any) -> DSVTConfig:
+def config_of(case: dict[str, Any], **overrides: Any) -> DSVTPreset:
     nx, ny, nz = case["authors_config"]["INPUT_LAYER"]["sparse_shape"]
     return dsvt_config_from_authors(
         case["authors_config"],
@@ -36,15 +36,15 @@ def config_of(case: dict[str, Any], **overrides: Any) -> DSVTConfig:
     )
 
 
-def sparse_of(case: dict[str, Any], cfg: DSVTConfig) -> SparseFeatures:
-    return SparseFeatures(case["features"], case["coords"], cfg.sparse_shape, 2)
+def sparse_of(case: dict[str, Any], preset: DSVTPreset) -> SparseFeatures:
+    return SparseFeatures(case["features"], case["coords"], preset.grid.shape, 2)
 
 
-def ours(case: dict[str, Any], **overrides: Any) -> tuple[DSVTBackbone, DSVTConfig]:
-    cfg = config_of(case, **overrides)
-    model = build_dsvt(cfg)
+def ours(case: dict[str, Any], **overrides: Any) -> tuple[DSVTBackbone, DSVTPreset]:
+    preset = config_of(case, **overrides)
+    model = build_dsvt(preset.config, input_shape=preset.input_shape)
     model.load_state_dict(convert_authors_state_dict(case["state_dict"]), strict=True)
-    return model, cfg
+    return model, preset
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
@@ -52,7 +52,7 @@ def ours(case: dict[str, Any], **overrides: Any) -> tuple[DSVTBackbone, DSVTConf
 def test_compat_mode_equals_authors(fixture: dict[str, Any], name: str, mode: str) -> None:
     case = fixture[name]
     model, cfg = ours(case)
-    assert cfg.authors_pos_embed and not cfg.pool_mask_empty  # compatibility mode
+    assert cfg.config.authors_pos_embed and not cfg.config.pool_mask_empty  # compatibility mode
     model.train(mode == "train")
     with torch.no_grad():
         out = model(sparse_of(case, cfg))
@@ -96,7 +96,7 @@ def test_detector_checkpoint_in_authors_layout(fixture: dict[str, Any], tmp_path
         {"epoch": 24, "it": 1000, "model_state": state, "optimizer_state": {}, "version": "pcdet+0.6.0"}, path
     )
     cfg = config_of(case)
-    model = build_dsvt(cfg)
+    model = build_dsvt(cfg.config, input_shape=cfg.input_shape)
     model.load_state_dict(load_authors_checkpoint(path), strict=True)
     with torch.no_grad():
         out = model.eval()(sparse_of(case, cfg))

@@ -8,9 +8,10 @@ _EXPORTS = {
     "build_dsvt": "dsvt",
     "DSVTConfig": "dsvt_config",
     "DSVTStageConfig": "dsvt_config",
-    "dsvt_pillar_nuscenes": "dsvt_config",
-    "dsvt_voxel_waymo": "dsvt_config",
-    "dsvt_config_from_authors": "dsvt_config",
+    "DSVTPreset": "dsvt_presets",
+    "dsvt_pillar_nuscenes": "dsvt_presets",
+    "dsvt_voxel_waymo": "dsvt_presets",
+    "dsvt_config_from_authors": "dsvt_presets",
     "convert_authors_state_dict": "dsvt_convert",
     "load_authors_checkpoint": "dsvt_convert",
 }

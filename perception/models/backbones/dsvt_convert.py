@@ -18,7 +18,7 @@ authors (``backbone_3d.`` prefix in a detector checkpoint)            ours
 ====================================================================  ==============================================
 
 Tensors are copied unchanged (same shapes and meaning). To reproduce the authors' outputs, build the backbone with
-``authors_pos_embed=True`` and ``pool_mask_empty=False`` (what :func:`.dsvt_config.dsvt_config_from_authors`
+``authors_pos_embed=True`` and ``pool_mask_empty=False`` (what :func:`.dsvt_presets.dsvt_config_from_authors`
 gives).
 """
 

@@ -241,7 +241,8 @@ class DSVTInputLayer(nn.Module):
 
     Args:
         stages: stage configs (as validated by :class:`~.dsvt_config.DSVTConfig`).
-        sparse_shape: input grid ``(nz, ny, nx)``.
+        stage_shapes: grid ``(nz, ny, nx)`` of every stage, the input grid first
+            (:meth:`~.dsvt_config.DSVTConfig.stage_shapes`).
         normalize_pos: scale centred coordinates by ``2 * 3.1415 / window`` (to about ``[-pi, pi)``).
         authors_pos_embed: the authors' issue-#50 behaviour (see the module docstring).
     """
@@ -250,20 +251,21 @@ class DSVTInputLayer(nn.Module):
         self,
         *,
         stages: Sequence[DSVTStageConfig],
-        sparse_shape: Int3,
+        stage_shapes: Sequence[Sequence[int]],
         normalize_pos: bool = False,
         authors_pos_embed: bool = False,
     ) -> None:
         super().__init__()
         self.stage_configs = tuple(stages)
-        self.sparse_shape: Int3 = (int(sparse_shape[0]), int(sparse_shape[1]), int(sparse_shape[2]))
+        if len(stage_shapes) != len(self.stage_configs):
+            raise ValueError(
+                f"stage_shapes has {len(stage_shapes)} grids for {len(self.stage_configs)} stages"
+            )
+        self.stage_shapes: tuple[Int3, ...] = tuple((int(g[0]), int(g[1]), int(g[2])) for g in stage_shapes)
+        self.sparse_shape: Int3 = self.stage_shapes[0]
+        """The input grid ``(nz, ny, nx)``."""
         self.normalize_pos = normalize_pos
         self.authors_pos_embed = authors_pos_embed
-        shapes = [self.sparse_shape]
-        for stage in self.stage_configs[:-1]:
-            st, prev = stage.downsample_stride or (1, 1, 1), shapes[-1]
-            shapes.append((-(-prev[0] // st[0]), -(-prev[1] // st[1]), -(-prev[2] // st[2])))
-        self.stage_shapes: tuple[Int3, ...] = tuple(shapes)
         self.pos_embeds = nn.ModuleList()
         for stage, shape in zip(self.stage_configs, self.stage_shapes, strict=True):
             in_dim = 3 if shape[0] > 1 else 2
