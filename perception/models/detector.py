@@ -2,12 +2,15 @@
 
 One class covers CenterPoint (spconv sparse ResNet, height compression), DSVT-pillar / DSVT-voxel (pillar scatter)
 and either head (CenterPoint, TransFusion): the stages are built elsewhere (explicitly, or from a config by
-:func:`perception.models.build.build_detector`) and handed over. The constructor checks that the stages fit
-together (grid, channels, strides, BEV map size) and raises ``ValueError`` saying which pair disagrees.
+:func:`perception.models.build.build_detector`) and handed over. Each stage declares its ``input_shape()`` and
+``output_shape()`` (:mod:`perception.shapes`); the constructor compares each output with the next input (grid,
+channels, stride, BEV map size) and raises ``ValueError`` saying which pair disagrees. It never asks which class a
+stage is.
 
 Voxelization is data-dependent preprocessing outside the learned graph (DESIGN.md): hard voxels
 (:func:`perception.ops.voxelize.voxelize`, capped) feed :class:`~perception.models.vfe.MeanVFE`; with dynamic
-voxelization the dynamic VFEs voxelize the points themselves (every point kept) on the same grid.
+voxelization the dynamic VFEs voxelize the points themselves (every point kept) on the same grid. Both use the one
+:class:`~perception.grid.VoxelGrid` (``cfg.data.grid``).
 """
 
 from __future__ import annotations
