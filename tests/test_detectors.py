@@ -223,7 +223,7 @@ SPCONV = CONFIGS / "centerpoint_spconv_nuscenes.yaml"
 @pytest.mark.parametrize(
     ("path", "overrides", "needles"),
     [
-        (PILLAR, ["data.voxel_size=[0.2, 0.2, 8.0]"], ["sparse_shape", "(1, 540, 540)", "data grid"]),
+        (PILLAR, ["data.voxel_size=[0.2, 0.2, 8.0]"], ["sparse_shape", "(1, 540, 540)", "input grid", "data.voxel_size"]),
         (PILLAR, ["data.voxel_size=[0.3, 0.3, 0.2]"], ["dynamic_pillar", "one voxel along z"]),
         (PILLAR, ["model.backbone_3d.dsvt.bev_shape=[180, 180]"], ["bev_shape", "(360, 360)"]),
         (

@@ -332,4 +332,4 @@ def test_validation() -> None:
     with pytest.raises(ValueError, match="3 channels"):
         net(random_sparse(GRID, 4, 5, seed=0))
     with pytest.raises(ValueError, match="too small"):
-        VoxelResBackbone8x(in_channels=3, grid_shape=(8, 16, 16))
+        VoxelResBackbone8x(SpconvResNetConfig(), input_shape=SparseShape(3, (8, 16, 16)))
