@@ -13,33 +13,23 @@ the centre, ``floor(u, v)``; TransFusion: the query's position) as the row::
 
 (``CODE_NAMES``; ``z`` is the box-centre height in metres, sizes in metres, velocities in m/s). 7-column boxes give
 8-column codes and 9-column boxes 10-column codes; :meth:`CenterBoxCoder.decode` inverts the mapping.
+
+The coder holds no grid rules of its own: range, voxel size, the map size ``(H, W)`` and the cell size all come
+from the one :class:`~perception.grid.VoxelGrid` (``grid.bev_size(stride)``, ``grid.cell_size(stride)``).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from perception._validate import check_tensor
+from perception.grid import VoxelGrid
+
+from .config_common import CODE_NAMES, code_size
 
 __all__ = ["CODE_NAMES", "CenterBoxCoder", "EncodedBoxes"]
-
-CODE_NAMES: tuple[str, ...] = (
-    "offset_x",
-    "offset_y",
-    "z",
-    "log_dx",
-    "log_dy",
-    "log_dz",
-    "sin_yaw",
-    "cos_yaw",
-    "vx",
-    "vy",
-)
-"""Names of the code columns, in order (the first 8 for boxes without velocity)."""
 
 MIN_SIZE = 1e-3
 """Box sizes are clamped to at least this many metres before the log, so degenerate boxes code to finite values."""
@@ -69,75 +59,44 @@ class CenterBoxCoder:
     """Codes boxes relative to positions on a BEV feature map (see the module docstring).
 
     Args:
-        point_cloud_range: ``(x_min, y_min, z_min, x_max, y_max, z_max)`` metres of the voxel grid.
-        voxel_size: ``(vx, vy, vz)`` metres; the range must hold a whole number of voxels along x and y.
-        feature_stride: total stride of the feature map w.r.t. the voxel grid (e.g. 8 for CenterPoint's spconv
+        grid: the voxel grid (:class:`~perception.grid.VoxelGrid`: range, voxel size and shape, validated there).
+        feature_stride: total x/y stride of the feature map w.r.t. the voxel grid (e.g. 8 for CenterPoint's spconv
             backbone, 1 or 2 for DSVT pillars).
 
-    The feature map is ``H = ceil(ny / stride)`` rows by ``W = ceil(nx / stride)`` columns (a strided convolution
-    with padding rounds up).
+    Attributes:
+        feature_map_size: ``(H, W)`` of the feature map, ``grid.bev_size(feature_stride)``: ``H = ceil(ny /
+            stride)`` rows by ``W = ceil(nx / stride)`` columns (a strided convolution with padding rounds up).
+        cell_size: ``(x, y)`` metres of one feature-map cell, ``grid.cell_size(feature_stride)``.
     """
 
-    def __init__(
-        self, *, point_cloud_range: Sequence[float], voxel_size: Sequence[float], feature_stride: int
-    ) -> None:
-        pcr = [float(v) for v in point_cloud_range]
-        vs = [float(v) for v in voxel_size]
-        if (
-            len(pcr) != 6
-            or not all(math.isfinite(v) for v in pcr)
-            or not all(pcr[i] < pcr[i + 3] for i in range(3))
-        ):
-            raise ValueError(
-                f"point_cloud_range must be 6 finite values (x_min, y_min, z_min, x_max, y_max, z_max) with "
-                f"min < max, got {list(point_cloud_range)}"
-            )
-        if len(vs) != 3 or not all(math.isfinite(v) and v > 0 for v in vs):
-            raise ValueError(
-                f"voxel_size must be 3 finite values > 0 (x, y, z metres), got {list(voxel_size)}"
-            )
-        if isinstance(feature_stride, bool) or not isinstance(feature_stride, int) or feature_stride < 1:
-            raise ValueError(f"feature_stride must be an int >= 1, got {feature_stride!r}")
-        grid = []
-        for axis, name in ((0, "x"), (1, "y")):
-            n = (pcr[axis + 3] - pcr[axis]) / vs[axis]
-            if abs(n - round(n)) > 1e-4 * max(1.0, n):
-                raise ValueError(
-                    f"point_cloud_range along {name} ({pcr[axis]} .. {pcr[axis + 3]}) is not a whole number of "
-                    f"voxels of size {vs[axis]} ({n:.4f})"
-                )
-            grid.append(int(round(n)))
-        self.point_cloud_range: tuple[float, ...] = tuple(pcr)
-        self.voxel_size: tuple[float, ...] = tuple(vs)
+    def __init__(self, grid: VoxelGrid, feature_stride: int) -> None:
+        if not isinstance(grid, VoxelGrid):
+            raise TypeError(f"grid must be a perception.grid.VoxelGrid, got {type(grid).__name__}")
+        self.grid = grid
+        self.feature_map_size: tuple[int, int] = grid.bev_size(feature_stride)
         self.feature_stride = feature_stride
-        self.grid_size_xy: tuple[int, int] = (grid[0], grid[1])
-        self.feature_map_size: tuple[int, int] = (
-            -(-grid[1] // feature_stride),
-            -(-grid[0] // feature_stride),
-        )
-        """``(H, W)`` of the feature map."""
-        self.cell_size: tuple[float, float] = (vs[0] * feature_stride, vs[1] * feature_stride)
-        """``(x, y)`` size of one feature-map cell in metres."""
+        self.cell_size: tuple[float, float] = grid.cell_size(feature_stride)
+        self._origin = grid.point_cloud_range[:2]
 
     def __repr__(self) -> str:
         return (
-            f"CenterBoxCoder(point_cloud_range={self.point_cloud_range}, voxel_size={self.voxel_size}, "
-            f"feature_stride={self.feature_stride}, feature_map_size={self.feature_map_size})"
+            f"CenterBoxCoder({self.grid!r}, feature_stride={self.feature_stride}, "
+            f"feature_map_size={self.feature_map_size})"
         )
 
     @staticmethod
     def code_size(with_velocity: bool) -> int:
-        """10 with velocity, 8 without."""
-        return 10 if with_velocity else 8
+        """10 with velocity, 8 without (:func:`~.config_common.code_size`)."""
+        return code_size(with_velocity)
 
     def to_cell_coords(self, xy: torch.Tensor) -> torch.Tensor:
         """Metric BEV positions ``(..., 2)`` ``[x, y]`` -> continuous cell coordinates ``(..., 2)`` ``[u, v]``."""
-        origin = xy.new_tensor(self.point_cloud_range[:2])
+        origin = xy.new_tensor(self._origin)
         return (xy - origin) / xy.new_tensor(self.cell_size)
 
     def to_metric(self, uv: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`to_cell_coords`: ``(..., 2)`` ``[u, v]`` -> ``[x, y]`` metres."""
-        origin = uv.new_tensor(self.point_cloud_range[:2])
+        origin = uv.new_tensor(self._origin)
         return uv * uv.new_tensor(self.cell_size) + origin
 
     def cell_centers(self, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -9,6 +9,10 @@ Training: Gaussian heatmap targets and per-object regression targets
 (:mod:`perception.models.heads.centerpoint_targets`); loss per task = ``heatmap_weight *`` Gaussian focal loss +
 ``bbox_weight *`` L1 over the object slots weighted by ``code_weights`` and divided by the number of objects.
 Inference: :mod:`perception.models.heads.centerpoint_decode`.
+
+Settings: :class:`~perception.models.heads.centerpoint_config.CenterPointConfig` (the ``model.head.centerpoint``
+schema); the map size and cell size come from the data's :class:`~perception.grid.VoxelGrid` and the stride of the
+input map (:class:`~perception.shapes.MapShape`).
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ import torch
 from torch import nn
 
 from perception._validate import check_tensor
+from perception.grid import VoxelGrid
 from perception.models.losses import gaussian_focal_loss, weighted_l1_loss
+from perception.shapes import MapShape
 from perception.structures import Boxes3D, Detections
 
 from .box_coder import CenterBoxCoder
-from .centerpoint_decode import CenterPointDecodeConfig, CircleNMS, decode_task
+from .centerpoint_config import CenterPointConfig
+from .centerpoint_decode import decode_task
 from .centerpoint_targets import CenterPointTaskTargets, build_center_targets
 
 __all__ = [
@@ -186,121 +193,65 @@ class CenterPointHead(nn.Module):
     """CenterPoint's multi-task centre head.
 
     Args:
-        in_channels: channels ``C`` of the input BEV map.
-        class_names: the detector's global class list; ``Detections.labels`` index it.
-        tasks: class groups, each a sequence of names from ``class_names``; every class in exactly one group
-            (nuScenes: :data:`NUSCENES_TASKS`).
-        point_cloud_range: ``(x_min, y_min, z_min, x_max, y_max, z_max)`` metres of the voxel grid.
-        voxel_size: ``(vx, vy, vz)`` metres.
-        feature_stride: total stride of the BEV map w.r.t. the voxel grid.
-        shared_channels: width of the shared conv (64).
-        head_channels: width of the branch convs (64).
-        num_head_convs: convs per branch (2).
-        with_velocity: predict ``[vx, vy]`` (nuScenes) and output 9-column boxes; else 7-column boxes.
-        code_weights: ``D`` weights of the regression columns in ``CODE_NAMES`` order; default 1 for all, 0.2 for
-            the velocities (CenterPoint nuScenes).
-        heatmap_weight: weight of the heatmap focal loss (1.0).
-        bbox_weight: weight of the regression L1 loss (0.25).
-        max_objects: object slots per task and sample (500).
-        min_overlap: Gaussian radius overlap (0.1).
-        min_radius: minimum Gaussian radius in cells (2).
-        decode_config: post-processing; defaults to :class:`CenterPointDecodeConfig` ``()`` (rotated NMS).
+        config: the head's settings (``model.head.centerpoint``): tasks, widths, loss weights, target and decode
+            parameters.
+        class_names: the detector's global class list (``data.class_names``); ``Detections.labels`` index it and
+            ``config.tasks`` group it (:meth:`CenterPointConfig.check_classes`).
+        grid: the voxel grid of the data (range, voxel size, shape).
+        input_shape: the BEV map the head reads (the 2D backbone's output): channels ``C``, size
+            ``grid.bev_size(stride)``, a whole-number stride, equal to ``config.feature_stride`` when written.
 
-    ``forward(bev (B, C, H, W)) -> CenterPointOutput`` where ``(H, W)`` must equal ``feature_map_size``
-    (``ceil(ny / stride), ceil(nx / stride)``).
+    Raises:
+        ValueError: the classes or the input map do not fit the config (the message names the key).
+
+    ``forward(bev (B, C, H, W)) -> CenterPointOutput`` where ``(H, W)`` is ``input_shape().size``.
     """
 
     code_weights: torch.Tensor
 
     def __init__(
         self,
+        config: CenterPointConfig,
         *,
-        in_channels: int,
         class_names: Sequence[str],
-        tasks: Sequence[Sequence[str]],
-        point_cloud_range: Sequence[float],
-        voxel_size: Sequence[float],
-        feature_stride: int,
-        shared_channels: int = 64,
-        head_channels: int = 64,
-        num_head_convs: int = 2,
-        with_velocity: bool = True,
-        code_weights: Sequence[float] | None = None,
-        heatmap_weight: float = 1.0,
-        bbox_weight: float = 0.25,
-        max_objects: int = 500,
-        min_overlap: float = 0.1,
-        min_radius: int = 2,
-        decode_config: CenterPointDecodeConfig | None = None,
+        grid: VoxelGrid,
+        input_shape: MapShape,
     ) -> None:
         super().__init__()
+        if not isinstance(config, CenterPointConfig):
+            raise TypeError(f"config must be a CenterPointConfig, got {type(config).__name__}")
+        stride = config.check_input(input_shape, grid)
+        self.config = config
         self.class_names = tuple(class_names)
-        self.task_names = tuple(tuple(t) for t in tasks)
-        self._check_tasks()
-        self.task_classes: tuple[tuple[int, ...], ...] = tuple(
-            tuple(self.class_names.index(n) for n in t) for t in self.task_names
-        )
-        self.coder = CenterBoxCoder(
-            point_cloud_range=point_cloud_range, voxel_size=voxel_size, feature_stride=feature_stride
-        )
-        self.with_velocity = with_velocity
-        d = CenterBoxCoder.code_size(with_velocity)
-        weights = [1.0] * 8 + [0.2, 0.2] if code_weights is None else [float(w) for w in code_weights]
-        weights = weights[:d] if code_weights is None else weights
-        if len(weights) != d or any(w < 0 for w in weights):
-            raise ValueError(f"code_weights must be {d} values >= 0 (CODE_NAMES order), got {list(weights)}")
-        self.register_buffer("code_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
-        if heatmap_weight < 0 or bbox_weight < 0:
-            raise ValueError(f"loss weights must be >= 0, got heatmap {heatmap_weight}, bbox {bbox_weight}")
-        self.heatmap_weight = float(heatmap_weight)
-        self.bbox_weight = float(bbox_weight)
-        self.max_objects = int(max_objects)
-        self.min_overlap = float(min_overlap)
-        self.min_radius = int(min_radius)
-        if not 0 < self.min_overlap < 1 or self.max_objects < 1 or self.min_radius < 0:
-            raise ValueError(
-                f"need 0 < min_overlap < 1, max_objects >= 1, min_radius >= 0; got {min_overlap}, {max_objects}, "
-                f"{min_radius}"
-            )
-        self.decode_config = CenterPointDecodeConfig() if decode_config is None else decode_config
-        nms = self.decode_config.nms
-        if isinstance(nms, CircleNMS) and len(nms.distances) != len(self.task_names):
-            raise ValueError(
-                f"CircleNMS.distances has {len(nms.distances)} entries but the head has {len(self.task_names)} tasks"
-            )
-        self.in_channels = in_channels
+        self.task_names = tuple(tuple(t) for t in config.tasks)
+        self.task_classes: tuple[tuple[int, ...], ...] = config.task_classes(self.class_names)
+        """Per task, the indices into ``class_names`` of its classes."""
+        self._input_shape = input_shape
+        self.coder = CenterBoxCoder(grid, stride)
+        self.with_velocity = config.with_velocity
+        weights = torch.tensor(config.code_weight_values, dtype=torch.float32)
+        self.register_buffer("code_weights", weights, persistent=False)
+        self.in_channels = input_shape.channels
+        shared = config.shared_channels
         self.shared_conv = nn.Sequential(
-            nn.Conv2d(in_channels, shared_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(shared_channels),
+            nn.Conv2d(self.in_channels, shared, 3, padding=1, bias=False),
+            nn.BatchNorm2d(shared),
             nn.ReLU(),
         )
         self.task_heads = nn.ModuleList(
             _TaskHead(
-                in_channels=shared_channels,
+                in_channels=shared,
                 num_classes=len(t),
-                head_channels=head_channels,
-                num_convs=num_head_convs,
-                velocity=with_velocity,
+                head_channels=config.head_channels,
+                num_convs=config.num_head_convs,
+                velocity=config.with_velocity,
             )
             for t in self.task_names
         )
 
-    def _check_tasks(self) -> None:
-        if not self.class_names or len(set(self.class_names)) != len(self.class_names):
-            raise ValueError(f"class_names must be non-empty and unique, got {self.class_names}")
-        seen: list[str] = []
-        for t in self.task_names:
-            if not t:
-                raise ValueError(f"tasks must not contain an empty group, got {self.task_names}")
-            for name in t:
-                if name not in self.class_names:
-                    raise ValueError(f"task class {name!r} is not in class_names {self.class_names}")
-                if name in seen:
-                    raise ValueError(f"class {name!r} appears in more than one task")
-                seen.append(name)
-        missing = [n for n in self.class_names if n not in seen]
-        if missing:
-            raise ValueError(f"classes {missing} belong to no task; tasks are {self.task_names}")
+    def input_shape(self) -> MapShape:
+        """The BEV map the head reads: ``(B, C, H, W)`` with ``(H, W) = grid.bev_size(stride)``."""
+        return self._input_shape
 
     @property
     def feature_map_size(self) -> tuple[int, int]:
@@ -317,15 +268,16 @@ class CenterPointHead(nn.Module):
         self, gt_boxes: Sequence[Boxes3D], gt_labels: Sequence[torch.Tensor]
     ) -> list[CenterPointTaskTargets]:
         """Training targets per task (see :func:`build_center_targets`), on the device of the head."""
+        cfg = self.config
         return build_center_targets(
             self.coder,
             gt_boxes,
             gt_labels,
             self.task_classes,
             with_velocity=self.with_velocity,
-            max_objects=self.max_objects,
-            min_overlap=self.min_overlap,
-            min_radius=self.min_radius,
+            max_objects=cfg.max_objects,
+            min_overlap=cfg.min_overlap,
+            min_radius=cfg.min_radius,
             device=self.code_weights.device,
         )
 
@@ -347,19 +299,20 @@ class CenterPointHead(nn.Module):
         if len(gt_boxes) != b:
             raise ValueError(f"got {len(gt_boxes)} gt_boxes entries for a batch of {b}")
         losses: dict[str, torch.Tensor] = {}
+        heatmap_weight, bbox_weight = self.config.heatmap_weight, self.config.bbox_weight
         for i, (pred, tgt) in enumerate(zip(output.tasks, self.targets(gt_boxes, gt_labels), strict=True)):
-            losses[f"task{i}.heatmap"] = self.heatmap_weight * gaussian_focal_loss(pred.heatmap, tgt.heatmap)
+            losses[f"task{i}.heatmap"] = heatmap_weight * gaussian_focal_loss(pred.heatmap, tgt.heatmap)
             codes = pred.box_codes()
             d = codes.shape[1]
             gathered = codes.flatten(2).gather(2, tgt.indices[:, None, :].expand(-1, d, -1)).transpose(1, 2)
             weight = tgt.mask[..., None].float() * self.code_weights
             l1 = weighted_l1_loss(gathered, tgt.codes, weight, reduction="sum")
-            losses[f"task{i}.bbox"] = self.bbox_weight * l1 / (tgt.mask.sum() + 1e-4)
+            losses[f"task{i}.bbox"] = bbox_weight * l1 / (tgt.mask.sum() + 1e-4)
         return losses
 
     @torch.no_grad()
     def decode(self, output: CenterPointOutput) -> list[Detections]:
-        """Boxes per sample: top-K peaks, score / range filter and NMS per task (``decode_config``).
+        """Boxes per sample: top-K peaks, score / range filter and NMS per task (``config.decode``).
 
         Returns:
             ``B`` :class:`Detections` with float32 boxes ``(N, 9)`` (``(N, 7)`` without velocity) in the LiDAR
@@ -367,7 +320,7 @@ class CenterPointHead(nn.Module):
             sorted by descending score.
         """
         per_task = [
-            decode_task(t.heatmap, t.box_codes(), self.coder, self.decode_config, i)
+            decode_task(t.heatmap, t.box_codes(), self.coder, self.config.decode, i)
             for i, t in enumerate(output.tasks)
         ]
         b = output.tasks[0].heatmap.shape[0]

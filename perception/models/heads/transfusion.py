@@ -22,7 +22,12 @@ dense heatmap (CenterPoint's Gaussian targets), and with the IoU branch an L1 lo
 Decoding (:meth:`TransFusionHead.decode`): score = sigmoid(class logit of the query's class) x heatmap peak value,
 label = the query's class; with the IoU branch and ``iou_rectifier`` the score becomes
 ``score^(1 - a_c) * iou^a_c``; then the score threshold, the centre range filter and optional per-class rotated
-NMS (see :class:`TransFusionDecodeConfig`; TransFusion uses none on nuScenes).
+NMS (see :class:`~perception.models.heads.transfusion_config.TransFusionDecodeConfig`; TransFusion uses none on
+nuScenes).
+
+Settings: :class:`~perception.models.heads.transfusion_config.TransFusionConfig` (the ``model.head.transfusion``
+schema); the map size and cell size come from the data's :class:`~perception.grid.VoxelGrid` and the stride of the
+input map (:class:`~perception.shapes.MapShape`).
 
 Deliberate differences from the authors' code (OpenPCDet / DSVT ``transfusion_head.py``): border cells can be
 heatmap peaks (they exclude a ``kernel_size // 2`` border); ``z`` is the box-centre height (DSVT converts to the
@@ -33,22 +38,25 @@ bottom); the score threshold applies to the rectified score; DSVT's released hea
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from perception._validate import check_tensor
+from perception.grid import VoxelGrid
 from perception.ops.nms import nms_bev
+from perception.shapes import MapShape
 from perception.structures import Boxes3D, Detections
 
 from ..losses import gaussian_focal_loss, sigmoid_focal_loss, weighted_l1_loss
 from .box_coder import CenterBoxCoder
+from .transfusion_config import TransFusionConfig
 from .transfusion_layers import HeatmapBranch, PredictionBranch, QueryDecoderLayer, select_queries
-from .transfusion_matching import MatchCosts, TransFusionTargets, build_transfusion_targets
+from .transfusion_matching import TransFusionTargets, build_transfusion_targets
 
-__all__ = ["TransFusionHead", "TransFusionOutput", "TransFusionLossConfig", "TransFusionDecodeConfig"]
+__all__ = ["TransFusionHead", "TransFusionOutput"]
 
 
 @dataclass
@@ -87,180 +95,86 @@ class TransFusionOutput:
         return int(self.cls_logits.shape[1])
 
 
-@dataclass(frozen=True)
-class TransFusionLossConfig:
-    """Loss weights and target parameters (defaults: TransFusion-L / DSVT nuScenes configs).
-
-    Attributes:
-        cls_weight: weight of the query focal classification loss.
-        bbox_weight: weight of the box L1 loss.
-        heatmap_weight: weight of the dense Gaussian focal heatmap loss.
-        iou_weight: weight of the IoU-branch L1 loss (used only with the IoU branch).
-        code_weights: per box-code column weights (8 or 10 values); None -> 1 for all, 0.2 for velocity.
-        focal_alpha: alpha of the query focal loss.
-        focal_gamma: gamma of the query focal loss.
-        gaussian_overlap: ``min_overlap`` of the heatmap Gaussian radius.
-        min_radius: minimum Gaussian radius in cells.
-        match: costs of the Hungarian matching.
-    """
-
-    cls_weight: float = 1.0
-    bbox_weight: float = 0.25
-    heatmap_weight: float = 1.0
-    iou_weight: float = 0.5
-    code_weights: tuple[float, ...] | None = None
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    gaussian_overlap: float = 0.1
-    min_radius: int = 2
-    match: MatchCosts = field(default_factory=MatchCosts)
-
-
-@dataclass(frozen=True)
-class TransFusionDecodeConfig:
-    """Post-processing of :meth:`TransFusionHead.decode`.
-
-    Attributes:
-        score_threshold: keep detections with final score ``> score_threshold`` (applied after IoU
-            rectification, to the score that is returned).
-        post_center_range: ``(x0, y0, z0, x1, y1, z1)`` metres: keep box centres with ``min <= c <= max``; None
-            keeps all (DSVT nuScenes: ``(-61.2, -61.2, -10, 61.2, 61.2, 10)``).
-        iou_rectifier: ``a`` in ``score^(1 - a) * iou^a``: one value for all classes or one per class; None
-            disables the rectification (it needs the IoU branch; DSVT nuScenes uses 0.5).
-        nms_iou_thresholds: per class, None (no NMS) or a rotated BEV IoU threshold for NMS within that class;
-            None for the whole field: no NMS (TransFusion on nuScenes). DSVT's nuScenes head runs NMS at 0.175 for
-            pedestrian and traffic cone only.
-    """
-
-    score_threshold: float = 0.0
-    post_center_range: tuple[float, float, float, float, float, float] | None = None
-    iou_rectifier: float | tuple[float, ...] | None = None
-    nms_iou_thresholds: tuple[float | None, ...] | None = None
-
-
 class TransFusionHead(nn.Module):
     """TransFusion-L head (see the module docstring).
 
     Args:
-        in_channels: channels ``C_in`` of the input BEV map.
-        num_classes: ``K``.
-        point_cloud_range: ``(x0, y0, z0, x1, y1, z1)`` metres of the voxel grid.
-        voxel_size: ``(vx, vy, vz)`` metres.
-        feature_stride: stride of the BEV map w.r.t. the voxel grid; the map must be
-            ``(ceil(ny / stride), ceil(nx / stride))``.
-        num_proposals: queries per sample ``P`` (200 in TransFusion and DSVT).
-        hidden_channels: query / feature size of the decoder (128).
-        num_heads: attention heads (8).
-        ffn_channels: decoder FFN hidden size (256).
-        dropout: decoder dropout (TransFusion 0.1, DSVT 0).
-        activation: decoder FFN activation, ``"relu"`` or ``"gelu"``.
-        nms_kernel_size: odd size of the local-maximum window for query selection (3).
-        exempt_classes: class indices exempt from the local-maximum suppression (nuScenes order: pedestrian 8,
-            traffic cone 9).
-        with_velocity: predict ``(vx, vy)`` (needs 9-column ground truth); decoded boxes are ``(N, 9)``, else 7.
-        with_iou: add the IoU branch (DSVT).
-        branch_channels: hidden size of the prediction branches (64).
-        branch_layers: linear layers per prediction branch (2).
-        loss_config: loss weights and target parameters.
-        decode_config: post-processing parameters.
+        config: the head's settings (``model.head.transfusion``): queries, decoder, branches, loss, decode.
+        class_names: the detector's class list (``data.class_names``): ``K = len(class_names)`` classes; the
+            labels index it and the config's class names (``exempt_classes``, ``decode.nms_iou_thresholds``) are
+            looked up in it.
+        grid: the voxel grid of the data (range, voxel size, shape).
+        input_shape: the BEV map the head reads: channels ``C_in``, size ``grid.bev_size(stride)``, a whole-number
+            stride, equal to ``config.feature_stride`` when written.
+
+    Raises:
+        ValueError: the classes or the input map do not fit the config (the message names the key), or
+            ``num_proposals > K * H * W``.
     """
 
     def __init__(
         self,
+        config: TransFusionConfig,
         *,
-        in_channels: int,
-        num_classes: int,
-        point_cloud_range: Sequence[float],
-        voxel_size: Sequence[float],
-        feature_stride: int,
-        num_proposals: int = 200,
-        hidden_channels: int = 128,
-        num_heads: int = 8,
-        ffn_channels: int = 256,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        nms_kernel_size: int = 3,
-        exempt_classes: Sequence[int] = (),
-        with_velocity: bool = True,
-        with_iou: bool = False,
-        branch_channels: int = 64,
-        branch_layers: int = 2,
-        loss_config: TransFusionLossConfig | None = None,
-        decode_config: TransFusionDecodeConfig | None = None,
+        class_names: Sequence[str],
+        grid: VoxelGrid,
+        input_shape: MapShape,
     ) -> None:
         super().__init__()
-        if num_classes < 1 or in_channels < 1 or num_proposals < 1:
-            raise ValueError(
-                f"need num_classes, in_channels and num_proposals >= 1, got {num_classes}, {in_channels}, "
-                f"{num_proposals}"
-            )
-        self.coder = CenterBoxCoder(
-            point_cloud_range=point_cloud_range, voxel_size=voxel_size, feature_stride=feature_stride
-        )
-        self.num_classes = num_classes
-        self.num_proposals = num_proposals
-        self.nms_kernel_size = nms_kernel_size
-        self.exempt_classes = tuple(int(c) for c in exempt_classes)
-        if any(not 0 <= c < num_classes for c in self.exempt_classes):
-            raise ValueError(f"exempt_classes must lie in [0, {num_classes}), got {list(exempt_classes)}")
-        if nms_kernel_size < 1 or nms_kernel_size % 2 == 0:
-            raise ValueError(f"nms_kernel_size must be an odd int >= 1, got {nms_kernel_size}")
-        self.with_velocity = with_velocity
-        self.with_iou = with_iou
-        self.loss_config = loss_config or TransFusionLossConfig()
-        self.decode_config = decode_config or TransFusionDecodeConfig()
-        self.code_size = self.coder.code_size(with_velocity)
-        self._check_configs()
+        if not isinstance(config, TransFusionConfig):
+            raise TypeError(f"config must be a TransFusionConfig, got {type(config).__name__}")
+        stride = config.check_input(input_shape, grid)
+        self.config = config
+        self.class_names = tuple(class_names)
+        self.exempt_classes = config.exempt_class_indices(self.class_names)
+        """Class indices exempt from the local-maximum suppression."""
+        self._input_shape = input_shape
+        self.coder = CenterBoxCoder(grid, stride)
+        self.num_classes = k = len(self.class_names)
+        self.num_proposals = config.num_proposals
+        self.with_velocity = config.with_velocity
+        self.with_iou = config.with_iou
+        self.code_size = self.coder.code_size(config.with_velocity)
         h, w = self.coder.feature_map_size
-        if num_proposals > num_classes * h * w:
-            raise ValueError(f"num_proposals ({num_proposals}) exceeds K * H * W = {num_classes * h * w}")
+        if config.num_proposals > k * h * w:
+            raise ValueError(
+                f"model.head.transfusion.num_proposals ({config.num_proposals}) exceeds K * H * W = {k * h * w}"
+            )
 
-        c = hidden_channels
-        self.shared_conv = nn.Conv2d(in_channels, c, 3, padding=1)
-        self.heatmap = HeatmapBranch(channels=c, num_classes=num_classes)
-        self.class_embedding = nn.Linear(num_classes, c)
+        c = config.hidden_channels
+        self.in_channels = input_shape.channels
+        self.shared_conv = nn.Conv2d(self.in_channels, c, 3, padding=1)
+        self.heatmap = HeatmapBranch(channels=c, num_classes=k)
+        self.class_embedding = nn.Linear(k, c)
         self.decoder = QueryDecoderLayer(
-            d_model=c, num_heads=num_heads, ffn_channels=ffn_channels, dropout=dropout, activation=activation
+            d_model=c,
+            num_heads=config.num_heads,
+            ffn_channels=config.ffn_channels,
+            dropout=config.dropout,
+            activation=config.activation,
         )
         sizes = {"center": 2, "height": 1, "dim": 3, "rot": 2}
-        if with_velocity:
+        if config.with_velocity:
             sizes["vel"] = 2
-        if with_iou:
+        if config.with_iou:
             sizes["iou"] = 1
-        sizes["cls"] = num_classes
+        sizes["cls"] = k
         self.branches = nn.ModuleDict(
             {
                 name: PredictionBranch(
                     in_channels=c,
-                    hidden_channels=branch_channels,
+                    hidden_channels=config.branch_channels,
                     out_channels=n,
-                    num_layers=branch_layers,
+                    num_layers=config.branch_layers,
                     bias_init=-2.19 if name == "cls" else 0.0,
                 )
                 for name, n in sizes.items()
             }
         )
 
-    def _check_configs(self) -> None:
-        k = self.num_classes
-        cw = self.loss_config.code_weights
-        if cw is not None and len(cw) != self.code_size:
-            raise ValueError(f"loss_config.code_weights needs {self.code_size} values, got {len(cw)}")
-        dc = self.decode_config
-        if dc.post_center_range is not None and len(dc.post_center_range) != 6:
-            raise ValueError(f"decode_config.post_center_range needs 6 values, got {dc.post_center_range}")
-        if dc.iou_rectifier is not None:
-            if not self.with_iou:
-                raise ValueError("decode_config.iou_rectifier needs the IoU branch (with_iou=True)")
-            a = (dc.iou_rectifier,) if isinstance(dc.iou_rectifier, int | float) else tuple(dc.iou_rectifier)
-            if len(a) not in (1, k) or any(not 0.0 <= v <= 1.0 for v in a):
-                raise ValueError(f"decode_config.iou_rectifier needs 1 or {k} values in [0, 1], got {a}")
-        if dc.nms_iou_thresholds is not None:
-            t = dc.nms_iou_thresholds
-            if len(t) != k or any(v is not None and not 0.0 <= v <= 1.0 for v in t):
-                raise ValueError(
-                    f"decode_config.nms_iou_thresholds needs {k} entries (None or in [0, 1]), got {t}"
-                )
+    def input_shape(self) -> MapShape:
+        """The BEV map the head reads: ``(B, C_in, H, W)`` with ``(H, W) = grid.bev_size(stride)``."""
+        return self._input_shape
 
     # ---------------------------------------------------------------------------------------------------------
     def forward(self, bev: torch.Tensor) -> TransFusionOutput:
@@ -276,9 +190,9 @@ class TransFusionHead(nn.Module):
         """
         check_tensor("bev", bev, ndim=4)
         h, w = self.coder.feature_map_size
-        if bev.shape[1] != self.shared_conv.in_channels or tuple(bev.shape[2:]) != (h, w):
+        if bev.shape[1] != self.in_channels or tuple(bev.shape[2:]) != (h, w):
             raise ValueError(
-                f"bev must have shape (B, {self.shared_conv.in_channels}, {h}, {w}) for {self.coder}, "
+                f"bev must have shape (B, {self.in_channels}, {h}, {w}) for {self.coder}, "
                 f"got {tuple(bev.shape)}"
             )
         b = bev.shape[0]
@@ -286,7 +200,10 @@ class TransFusionHead(nn.Module):
         dense = self.heatmap(feat)
         prob = dense.detach().float().sigmoid()
         scores, labels, index = select_queries(
-            prob, self.num_proposals, kernel_size=self.nms_kernel_size, exempt_classes=self.exempt_classes
+            prob,
+            self.num_proposals,
+            kernel_size=self.config.nms_kernel_size,
+            exempt_classes=self.exempt_classes,
         )
         keys = feat.flatten(2).transpose(1, 2)  # (B, H*W, C)
         query = keys.gather(1, index[..., None].expand(-1, -1, keys.shape[2]))
@@ -313,17 +230,14 @@ class TransFusionHead(nn.Module):
     # ---------------------------------------------------------------------------------------------------------
     def code_weights(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """float32 ``(code_size,)`` L1 weights of the box code columns."""
-        cw = self.loss_config.code_weights
-        if cw is None:
-            cw = (1.0,) * 8 + ((0.2, 0.2) if self.with_velocity else ())
-        return torch.tensor(cw, dtype=torch.float32, device=device)
+        return torch.tensor(self.config.code_weight_values, dtype=torch.float32, device=device)
 
     def targets(
         self, output: TransFusionOutput, gt_boxes: Sequence[Boxes3D], gt_labels: Sequence[torch.Tensor]
     ) -> TransFusionTargets:
         """Match queries to ground truth and build every training target (see
         :func:`~perception.models.heads.transfusion_matching.build_transfusion_targets`)."""
-        cfg = self.loss_config
+        cfg = self.config.loss
         return build_transfusion_targets(
             self.coder,
             output.box_codes,
@@ -356,7 +270,7 @@ class TransFusionHead(nn.Module):
                 f"need {output.batch_size} gt_boxes entries (one per sample), got {len(gt_boxes)}"
             )
         t = self.targets(output, gt_boxes, gt_labels)
-        cfg = self.loss_config
+        cfg = self.config.loss
         num_pos = max(int(t.positive.sum()), 1)
         heatmap = gaussian_focal_loss(output.dense_heatmap, t.heatmap.to(output.dense_heatmap.device))
         cls = sigmoid_focal_loss(
@@ -389,17 +303,16 @@ class TransFusionHead(nn.Module):
     # ---------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def decode(self, output: TransFusionOutput) -> list[Detections]:
-        """Detections per sample (see :class:`TransFusionDecodeConfig`).
+        """Detections per sample (see :class:`~.transfusion_config.TransFusionDecodeConfig`).
 
         Returns:
             ``B`` :class:`~perception.structures.Detections`: boxes float32 ``(N, 9)`` (``(N, 7)`` without
             velocity) in the LiDAR frame, scores float32 in ``[0, 1]`` by descending score, labels int64.
 
         Raises:
-            ValueError: non-finite predictions (e.g. from a NaN in the BEV map) or an invalid ``decode_config``.
+            ValueError: non-finite predictions (e.g. from a NaN in the BEV map).
         """
-        self._check_configs()
-        dc = self.decode_config
+        dc = self.config.decode
         for name in ("cls_logits", "box_codes", "iou"):
             value = getattr(output, name)
             if value is not None and value.numel() and not bool(torch.isfinite(value).all()):
@@ -429,7 +342,7 @@ class TransFusionHead(nn.Module):
     def _nms(
         self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor
     ) -> torch.Tensor:
-        thresholds = self.decode_config.nms_iou_thresholds
+        thresholds = self.config.decode.nms_thresholds(self.class_names)
         if thresholds is None or idx.numel() == 0:
             return idx
         kept = []

@@ -5,14 +5,14 @@ The cost of assigning prediction ``i`` to ground truth ``j`` is (TransFusion / D
 defaults)::
 
     cost[i, j] = w_cls * (focal_pos(p[i, c_j]) - focal_neg(p[i, c_j]))
-               + w_center * |xy_i - xy_j|_1 / range_xy          (centres normalised by the point-cloud range)
+               + w_center * |xy_i - xy_j|_1 / range_xy          (centres normalised by the grid's x/y extent)
                - w_iou * IoU(box_i, box_j)                       (3D or BEV IoU, perception.ops.iou3d)
 
 with ``p = sigmoid(class logits)``, ``c_j`` the label of ground truth ``j``,
 ``focal_pos(p) = -alpha (1 - p)^gamma log(p + eps)`` and ``focal_neg(p) = -(1 - alpha) p^gamma log(1 - p + eps)``.
 ``scipy.optimize.linear_sum_assignment`` finds the assignment of minimum total cost; with more ground truths
 than predictions only ``num_predictions`` ground truths are matched (the rest get no query, as in the authors'
-code).
+code). The costs' settings are :class:`~perception.models.heads.transfusion_config.MatchCosts`.
 """
 
 from __future__ import annotations
@@ -20,19 +20,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
 from perception._validate import check_tensor
+from perception.grid import VoxelGrid
 from perception.ops.iou3d import boxes_iou_3d, boxes_iou_bev
 from perception.structures import Boxes3D
 
 from .box_coder import CenterBoxCoder
 from .centerpoint_targets import build_center_targets
+from .transfusion_config import MatchCosts
 
 __all__ = [
-    "MatchCosts",
     "Assignment",
     "matching_cost",
     "hungarian_match",
@@ -40,36 +40,8 @@ __all__ = [
     "build_transfusion_targets",
 ]
 
-
-@dataclass(frozen=True)
-class MatchCosts:
-    """Weights and parameters of the matching cost (defaults: TransFusion / DSVT nuScenes configs).
-
-    Attributes:
-        cls_weight: weight of the focal classification cost.
-        focal_alpha: focal ``alpha`` of the classification cost.
-        focal_gamma: focal ``gamma`` of the classification cost.
-        center_weight: weight of the L1 cost between BEV centres normalised by the point-cloud range.
-        iou_weight: weight of the (negative) IoU cost.
-        iou_mode: ``"3d"`` (rotated 3D IoU) or ``"bev"`` (rotated bird's-eye-view IoU).
-    """
-
-    cls_weight: float = 0.15
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    center_weight: float = 0.25
-    iou_weight: float = 0.25
-    iou_mode: str = "3d"
-
-    def __post_init__(self) -> None:
-        if self.iou_mode not in ("3d", "bev"):
-            raise ValueError(f"MatchCosts.iou_mode must be '3d' or 'bev', got {self.iou_mode!r}")
-        for name in ("cls_weight", "center_weight", "iou_weight", "focal_gamma"):
-            value = getattr(self, name)
-            if not (np.isfinite(value) and value >= 0):
-                raise ValueError(f"MatchCosts.{name} must be a finite number >= 0, got {value!r}")
-        if not (0.0 <= self.focal_alpha <= 1.0):
-            raise ValueError(f"MatchCosts.focal_alpha must be in [0, 1], got {self.focal_alpha!r}")
+DEFAULT_COSTS = MatchCosts()
+"""The authors' matching costs (:class:`MatchCosts` defaults)."""
 
 
 @dataclass
@@ -119,8 +91,8 @@ def matching_cost(
     cls_logits: torch.Tensor,
     gt_boxes: torch.Tensor,
     gt_labels: torch.Tensor,
-    point_cloud_range: Sequence[float],
-    costs: MatchCosts = MatchCosts(),
+    grid: VoxelGrid,
+    costs: MatchCosts = DEFAULT_COSTS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cost matrix between predictions and ground truths (see the module docstring).
 
@@ -129,8 +101,8 @@ def matching_cost(
         cls_logits: float ``(N, K)`` class logits of the predictions.
         gt_boxes: float ``(G, 7+)`` ground-truth boxes.
         gt_labels: int64 ``(G,)`` class indices in ``[0, K)``.
-        point_cloud_range: ``(x0, y0, z0, x1, y1, z1)`` metres; normalises the centre cost.
-        costs: cost weights.
+        grid: the voxel grid; its x/y extent (float32 ``hi - lo``, metres) normalises the centre cost.
+        costs: cost weights (``model.head.transfusion.loss.match``).
 
     Returns:
         cost: float32 ``(N, G)``.
@@ -140,11 +112,8 @@ def matching_cost(
         ValueError / TypeError: bad shapes or dtypes, non-finite logits or boxes, labels out of range.
     """
     _check_inputs(pred_boxes, cls_logits, gt_boxes, gt_labels)
-    pr = torch.as_tensor(point_cloud_range, dtype=torch.float32, device=pred_boxes.device)
-    if pr.shape != (6,) or not bool((pr[3:] > pr[:3]).all()):
-        raise ValueError(
-            f"point_cloud_range must be (x0, y0, z0, x1, y1, z1) with min < max, got {pr.tolist()}"
-        )
+    lo = torch.tensor(grid.lo[:2], dtype=torch.float32, device=pred_boxes.device)
+    hi = torch.tensor(grid.hi[:2], dtype=torch.float32, device=pred_boxes.device)
     with torch.no_grad():
         pred = pred_boxes.detach().float()
         gt = gt_boxes.detach().float().to(pred.device)
@@ -155,7 +124,7 @@ def matching_cost(
         eps = 1e-12
         pos = -(prob + eps).log() * costs.focal_alpha * (1 - prob).pow(costs.focal_gamma)
         neg = -(1 - prob + eps).log() * (1 - costs.focal_alpha) * prob.pow(costs.focal_gamma)
-        extent = pr[3:5] - pr[:2]
+        extent = hi - lo
         center = torch.cdist(pred[:, :2] / extent, gt[:, :2] / extent, p=1)
         cost = costs.cls_weight * (pos - neg) + costs.center_weight * center - costs.iou_weight * iou
     return cost, iou
@@ -166,8 +135,8 @@ def hungarian_match(
     cls_logits: torch.Tensor,
     gt_boxes: torch.Tensor,
     gt_labels: torch.Tensor,
-    point_cloud_range: Sequence[float],
-    costs: MatchCosts = MatchCosts(),
+    grid: VoxelGrid,
+    costs: MatchCosts = DEFAULT_COSTS,
 ) -> Assignment:
     """Minimum-cost one-to-one assignment of predictions to ground truths.
 
@@ -176,7 +145,7 @@ def hungarian_match(
     Returns:
         The matched pairs, ``min(N, G)`` of them (none when either side is empty), on ``pred_boxes``' device.
     """
-    cost, iou = matching_cost(pred_boxes, cls_logits, gt_boxes, gt_labels, point_cloud_range, costs)
+    cost, iou = matching_cost(pred_boxes, cls_logits, gt_boxes, gt_labels, grid, costs)
     device = pred_boxes.device
     if cost.numel() == 0:
         empty = torch.zeros(0, dtype=torch.int64, device=device)
@@ -229,7 +198,7 @@ def build_transfusion_targets(
     *,
     num_classes: int,
     with_velocity: bool,
-    costs: MatchCosts = MatchCosts(),
+    costs: MatchCosts = DEFAULT_COSTS,
     gaussian_overlap: float = 0.1,
     min_radius: int = 2,
 ) -> TransFusionTargets:
@@ -276,14 +245,13 @@ def build_transfusion_targets(
     positive = torch.zeros(b, p, dtype=torch.bool, device=device)
     ious = torch.zeros(b, p, device=device)
     assignments = []
-    pr = coder.point_cloud_range
     for i in range(b):
         gt = gt_boxes[i].tensor.to(device)
         gt = gt[:, :7] if not with_velocity else gt
         labels = gt_labels[i].to(device)
         positions = query_positions[i].float()
         pred = coder.decode(box_codes[i].detach().float(), positions)
-        a = hungarian_match(pred, cls_logits[i].detach(), gt, labels, pr, costs)
+        a = hungarian_match(pred, cls_logits[i].detach(), gt, labels, coder.grid, costs)
         assignments.append(a)
         if len(a) == 0:
             continue
