@@ -1,19 +1,25 @@
-"""CenterBoxCoder: hand-computed cells and codes, round trips (CenterPoint and TransFusion references), errors."""
+"""CenterBoxCoder: hand-computed cells and codes, round trips (CenterPoint and TransFusion references), the map
+size of the shipped configs, errors."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from perception.config import load_config
+from perception.grid import VoxelGrid
 from perception.models.heads.box_coder import CODE_NAMES, MAX_LOG_SIZE, CenterBoxCoder
 
 NUSC_RANGE = (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0)
+NUSC_GRID = VoxelGrid(NUSC_RANGE, (0.075, 0.075, 0.2))
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _coder(stride: int = 8) -> CenterBoxCoder:
-    return CenterBoxCoder(point_cloud_range=NUSC_RANGE, voxel_size=(0.075, 0.075, 0.2), feature_stride=stride)
+    return CenterBoxCoder(NUSC_GRID, stride)
 
 
 def _random_boxes(n: int, seed: int, velocity: bool = True) -> torch.Tensor:
@@ -33,13 +39,10 @@ def _random_boxes(n: int, seed: int, velocity: bool = True) -> torch.Tensor:
 
 def test_geometry() -> None:
     coder = _coder()
-    assert coder.grid_size_xy == (1440, 1440)
-    assert coder.feature_map_size == (180, 180)
+    assert coder.feature_map_size == (180, 180)  # 1440 x 1440 voxels / 8
     assert coder.cell_size == pytest.approx((0.6, 0.6))
-    odd = CenterBoxCoder(
-        point_cloud_range=(0, -40, -3, 70.4, 40, 1), voxel_size=(0.05, 0.05, 0.1), feature_stride=3
-    )
-    assert odd.grid_size_xy == (1408, 1600)
+    odd = CenterBoxCoder(VoxelGrid((0, -40, -3, 70.4, 40, 1), (0.05, 0.05, 0.1)), 3)
+    assert odd.grid.shape_xyz[:2] == (1408, 1600)
     assert odd.feature_map_size == (534, 470)  # ceil(1600 / 3), ceil(1408 / 3)
     assert CenterBoxCoder.code_size(True) == 10 == len(CODE_NAMES)
     assert CenterBoxCoder.code_size(False) == 8
@@ -93,7 +96,7 @@ def test_round_trip_query_positions_and_leading_dims() -> None:
 
 
 def test_cell_centers_and_metric_conversion() -> None:
-    coder = CenterBoxCoder(point_cloud_range=(0, 0, 0, 4, 3, 1), voxel_size=(0.5, 0.5, 1), feature_stride=2)
+    coder = CenterBoxCoder(VoxelGrid((0, 0, 0, 4, 3, 1), (0.5, 0.5, 1)), 2)
     assert coder.feature_map_size == (3, 4)
     centres = coder.cell_centers()
     assert centres.shape == (12, 2)
@@ -134,15 +137,37 @@ def test_decode_clamps_log_sizes_and_handles_bf16() -> None:
     assert coder.decode(codes.bfloat16(), torch.zeros(2, 2)).dtype == torch.float32
 
 
+def _old_coder_map_size(grid: VoxelGrid, stride: int) -> tuple[int, int]:
+    """The rule the coder had before it took a VoxelGrid: voxels per axis rounded in float64 (a 1e-4 relative
+    tolerance to a whole number), then ``ceil(n / stride)``."""
+    nx, ny = (
+        round((grid.point_cloud_range[a + 3] - grid.point_cloud_range[a]) / grid.voxel_size[a])
+        for a in (0, 1)
+    )
+    return (-(-ny // stride), -(-nx // stride))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_map_size_of_shipped_configs_is_the_grid_rule(name: str) -> None:
+    """The coder's map is ``grid.bev_size(stride)``, the planned head input, and (for every shipped config) the
+    size the coder's own float64 rule gave before."""
+    cfg = load_config(CONFIGS / name)
+    if cfg.model is None:
+        pytest.skip(f"{name} has no model section")
+    grid = cfg.data.grid
+    plan = cfg.model.plan(grid, tuple(cfg.data.class_names))
+    stride = plan.feature_stride
+    coder = CenterBoxCoder(grid, stride)
+    assert coder.feature_map_size == grid.bev_size(stride) == plan.head_input.size
+    assert coder.feature_map_size == _old_coder_map_size(grid, stride)
+    assert coder.cell_size == grid.cell_size(stride)
+
+
 def test_errors() -> None:
-    with pytest.raises(ValueError, match="whole number of voxels"):
-        CenterBoxCoder(point_cloud_range=(0, 0, 0, 1.0, 1, 1), voxel_size=(0.3, 0.5, 1), feature_stride=1)
-    with pytest.raises(ValueError, match="point_cloud_range"):
-        CenterBoxCoder(point_cloud_range=(0, 0, 0, -1, 1, 1), voxel_size=(0.5, 0.5, 1), feature_stride=1)
-    with pytest.raises(ValueError, match="voxel_size"):
-        CenterBoxCoder(point_cloud_range=(0, 0, 0, 1, 1, 1), voxel_size=(0.5, 0.0, 1), feature_stride=1)
-    with pytest.raises(ValueError, match="feature_stride"):
-        CenterBoxCoder(point_cloud_range=(0, 0, 0, 1, 1, 1), voxel_size=(0.5, 0.5, 1), feature_stride=0)
+    with pytest.raises(TypeError, match="VoxelGrid"):
+        CenterBoxCoder((0, 0, 0, 1, 1, 1), 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="stride"):
+        CenterBoxCoder(VoxelGrid((0, 0, 0, 1, 1, 1), (0.5, 0.5, 1)), 0)
     coder = _coder()
     with pytest.raises(ValueError, match=r"boxes must be \(N, 7\)"):
         coder.encode(torch.zeros(3, 8))

@@ -4,11 +4,14 @@ bf16 autocast and a small overfit."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import warnings
 
 import pytest
 import torch
 
+from perception.grid import VoxelGrid
 from perception.models.heads.box_coder import CenterBoxCoder
 from perception.models.heads.centerpoint import (
     NUSCENES_CLASSES,
@@ -17,10 +20,12 @@ from perception.models.heads.centerpoint import (
     CenterPointOutput,
     CenterPointTaskOutput,
 )
-from perception.models.heads.centerpoint_decode import (
+from perception.models.heads.centerpoint_config import (
     NUSCENES_CIRCLE_NMS_MIN_RADIUS,
+    CenterPointConfig,
     CenterPointDecodeConfig,
     CircleNMS,
+    NMSConfig,
     RotatedNMS,
 )
 from perception.models.heads.centerpoint_targets import (
@@ -30,27 +35,26 @@ from perception.models.heads.centerpoint_targets import (
     heatmap_radius,
 )
 from perception.ops.iou3d import boxes_iou_3d
+from perception.shapes import MapShape
 from perception.structures import Boxes3D
 
 RANGE = (-19.2, -19.2, -5.0, 19.2, 19.2, 3.0)  # 128 x 128 voxels of 0.3 m, stride 4 -> 32 x 32 cells of 1.2 m
 VOXEL = (0.3, 0.3, 8.0)
 STRIDE = 4
+GRID = VoxelGrid(RANGE, VOXEL)
 
 
-def make_head(**kwargs: object) -> CenterPointHead:
-    args: dict[str, object] = dict(
-        in_channels=8,
-        class_names=NUSCENES_CLASSES,
-        tasks=NUSCENES_TASKS,
-        point_cloud_range=RANGE,
-        voxel_size=VOXEL,
-        feature_stride=STRIDE,
-        shared_channels=8,
-        head_channels=8,
-    )
-    args.update(kwargs)
+def make_head(*, in_channels: int = 8, stride: int = STRIDE, **config: object) -> CenterPointHead:
+    """A head on :data:`GRID` reading an ``(in_channels, 32, 32)`` map of ``stride``; ``config`` as in the YAML
+    (``model.head.centerpoint``), over small defaults."""
+    settings = {"tasks": NUSCENES_TASKS, "shared_channels": 8, "head_channels": 8, **config}
     torch.manual_seed(0)
-    return CenterPointHead(**args)  # type: ignore[arg-type]
+    return CenterPointHead(
+        CenterPointConfig.model_validate(settings),
+        class_names=NUSCENES_CLASSES,
+        grid=GRID,
+        input_shape=MapShape(in_channels, GRID.bev_size(stride), stride),
+    )
 
 
 def scene() -> tuple[list[Boxes3D], list[torch.Tensor]]:
@@ -175,7 +179,7 @@ def test_targets_hand_placed() -> None:
 
 
 def test_targets_ignored_overflow_and_empty() -> None:
-    coder = CenterBoxCoder(point_cloud_range=RANGE, voxel_size=VOXEL, feature_stride=STRIDE)
+    coder = CenterBoxCoder(GRID, STRIDE)
     boxes = Boxes3D(
         torch.tensor(
             [
@@ -278,11 +282,14 @@ def test_loss_zero_for_perfect_positive_otherwise() -> None:
 
 @pytest.mark.parametrize(
     "nms",
-    [RotatedNMS(), CircleNMS.from_squared(NUSCENES_CIRCLE_NMS_MIN_RADIUS)],
+    [
+        NMSConfig(rotated=RotatedNMS()),
+        NMSConfig(circle=CircleNMS.from_squared(NUSCENES_CIRCLE_NMS_MIN_RADIUS)),
+    ],
     ids=["rotated", "circle"],
 )
-def test_decode_perfect_predictions_gives_gt(nms: RotatedNMS | CircleNMS) -> None:
-    head = make_head(decode_config=CenterPointDecodeConfig(nms=nms))
+def test_decode_perfect_predictions_gives_gt(nms: NMSConfig) -> None:
+    head = make_head(decode={"nms": nms})
     boxes, labels = scene()
     dets = head.decode(perfect_output(head, boxes, labels, soft=True))
     assert len(dets) == 2
@@ -302,13 +309,13 @@ def test_decode_filters() -> None:
     boxes, labels = scene()
     base = make_head()
     out = perfect_output(base, boxes, labels, soft=True)
-    no_nms = make_head(decode_config=CenterPointDecodeConfig(nms=None, score_threshold=0.3))
+    no_nms = make_head(decode={"nms": None, "score_threshold": 0.3})
     many = no_nms.decode(out)[0]
     assert len(many) > len(boxes[0])  # Gaussian neighbours (0.49 next to a centre) survive without NMS
     assert bool((many.scores > 0.3).all())
-    top1 = make_head(decode_config=CenterPointDecodeConfig(top_k=1, nms=None)).decode(out)[0]
+    top1 = make_head(decode={"top_k": 1, "nms": None}).decode(out)[0]
     assert len(top1) == 6  # one peak per task
-    ranged = make_head(decode_config=CenterPointDecodeConfig(post_center_range=(0, 0, -10, 20, 20, 10)))
+    ranged = make_head(decode={"post_center_range": (0, 0, -10, 20, 20, 10)})
     det = ranged.decode(out)[0]
     assert bool((det.boxes.tensor[:, :2] >= 0).all()) and len(det) == 2  # the car and the barrier
     assert sorted(det.labels.tolist()) == [0, 5]
@@ -432,7 +439,7 @@ def _overfit() -> None:
 
 
 def test_construction_and_input_errors() -> None:
-    with pytest.raises(ValueError, match="not in class_names"):
+    with pytest.raises(ValueError, match=r"model.head.centerpoint.tasks\[0\] names 'van', which is not in"):
         make_head(tasks=[("car", "van")] + list(NUSCENES_TASKS[1:]))
     with pytest.raises(ValueError, match="belong to no task"):
         make_head(tasks=NUSCENES_TASKS[:5])
@@ -440,8 +447,10 @@ def test_construction_and_input_errors() -> None:
         make_head(tasks=list(NUSCENES_TASKS) + [("car",)])
     with pytest.raises(ValueError, match="code_weights must be 10"):
         make_head(code_weights=[1.0] * 8)
-    with pytest.raises(ValueError, match="CircleNMS.distances has 2 entries"):
-        make_head(decode_config=CenterPointDecodeConfig(nms=CircleNMS(distances=(1.0, 2.0))))
+    with pytest.raises(
+        ValueError, match=r"decode.nms.circle.distances needs one radius per task \(6\), got 2"
+    ):
+        make_head(decode={"nms": {"circle": {"distances": [1.0, 2.0]}}})
     with pytest.raises(ValueError, match="top_k"):
         CenterPointDecodeConfig(top_k=0)
     with pytest.raises(ValueError, match="iou_threshold"):
@@ -457,11 +466,64 @@ def test_construction_and_input_errors() -> None:
     assert no_vel.decode(out)[0].boxes.tensor.shape[1] == 7
 
 
+def test_built_from_config_grid_and_input_shape() -> None:
+    head = make_head(feature_stride=STRIDE)
+    assert head.input_shape() == MapShape(8, (32, 32), STRIDE)
+    assert head.coder.feature_map_size == GRID.bev_size(STRIDE) == (32, 32)
+    assert head.coder.cell_size == pytest.approx((1.2, 1.2))
+    with pytest.raises(
+        ValueError, match="model.head.centerpoint.feature_stride is 8 but the BEV map has stride 4"
+    ):
+        make_head(feature_stride=8)
+    config = CenterPointConfig(tasks=NUSCENES_TASKS)
+    with pytest.raises(ValueError, match=r"input map would be \(16, 16\) but the head expects"):
+        CenterPointHead(config, class_names=NUSCENES_CLASSES, grid=GRID, input_shape=MapShape(8, (16, 16), 4))
+    with pytest.raises(ValueError, match="whole number"):
+        CenterPointHead(
+            config, class_names=NUSCENES_CLASSES, grid=GRID, input_shape=MapShape(8, (64, 64), 0.5)
+        )
+    with pytest.raises(TypeError, match="CenterPointConfig"):
+        CenterPointHead(
+            config.model_dump(), class_names=NUSCENES_CLASSES, grid=GRID, input_shape=head.input_shape()
+        )  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="non-empty unique"):
+        CenterPointHead(
+            config, class_names=NUSCENES_CLASSES + ("car",), grid=GRID, input_shape=head.input_shape()
+        )
+
+
+def test_config_is_the_schema() -> None:
+    """Rules the head used to check at build time are config errors now, naming the key."""
+    with pytest.raises(ValueError, match="tasks.1"):  # an empty class group
+        CenterPointConfig(tasks=[["car"], []])
+    with pytest.raises(ValueError, match="post_center_range must be"):
+        CenterPointDecodeConfig(post_center_range=(0, 0, 0, -1, 1, 1))
+    with pytest.raises(ValueError, match="code_weights must be 8"):
+        CenterPointConfig(tasks=NUSCENES_TASKS, with_velocity=False, code_weights=[1.0] * 10)
+    with pytest.raises(ValueError, match="Extra inputs"):
+        CenterPointConfig.model_validate({"tasks": NUSCENES_TASKS, "decode": {"topk": 5}})
+    with pytest.raises(ValueError, match="set exactly one of: rotated, circle"):
+        NMSConfig()
+    cfg = CenterPointConfig(tasks=NUSCENES_TASKS)
+    assert cfg.code_weight_values == (1.0,) * 8 + (0.2, 0.2)
+    assert cfg.task_classes(NUSCENES_CLASSES) == ((0,), (1, 2), (3, 4), (5,), (6, 7), (8, 9))
+    assert CenterPointConfig(tasks=NUSCENES_TASKS, with_velocity=False).code_weight_values == (1.0,) * 8
+
+
+def test_head_configs_import_without_torch() -> None:
+    """The config loader imports the head configs; they must not pull in torch."""
+    code = (
+        "import sys; import perception.models.heads.centerpoint_config, perception.models.heads.transfusion_config; "
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_top_k_matches_two_stage_reference() -> None:
     """Our single top-K over (class, cell) selects what CenterPoint's per-class top-K + top-K over classes does."""
     from perception.models.heads.centerpoint_decode import decode_task
 
-    coder = CenterBoxCoder(point_cloud_range=RANGE, voxel_size=VOXEL, feature_stride=STRIDE)
+    coder = CenterBoxCoder(GRID, STRIDE)
     g = torch.Generator().manual_seed(11)
     heat = torch.randn(2, 3, 32, 32, generator=g) * 3
     codes = torch.randn(2, 10, 32, 32, generator=g) * 0.5
@@ -489,11 +551,18 @@ def test_defaults_follow_centerpoint() -> None:
         assert task.offset.layers[-1].bias.abs().sum().item() == 0.0
         assert len(task.heatmap.layers) == 4  # conv-BN-ReLU, conv
     assert head.code_weights.tolist() == pytest.approx([1.0] * 8 + [0.2, 0.2])
-    assert (head.heatmap_weight, head.bbox_weight, head.max_objects) == (1.0, 0.25, 500)
-    assert (head.min_overlap, head.min_radius) == (0.1, 2)
-    cfg = head.decode_config
+    c = head.config
+    assert (c.heatmap_weight, c.bbox_weight, c.max_objects, c.min_overlap, c.min_radius) == (
+        1.0,
+        0.25,
+        500,
+        0.1,
+        2,
+    )
+    cfg = head.config.decode
     assert (cfg.top_k, cfg.score_threshold) == (500, 0.1)
-    assert cfg.nms == RotatedNMS(iou_threshold=0.2, pre_max=1000, post_max=83)
+    assert cfg.post_center_range == (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0)
+    assert cfg.nms == NMSConfig(rotated=RotatedNMS(iou_threshold=0.2, pre_max=1000, post_max=83))
     circle = CircleNMS.from_squared(NUSCENES_CIRCLE_NMS_MIN_RADIUS)
     assert circle.distances == pytest.approx(
         [2.0, math.sqrt(12), math.sqrt(10), 1.0, math.sqrt(0.85), math.sqrt(0.175)]

@@ -8,21 +8,26 @@ import math
 import pytest
 import torch
 
+from perception.grid import VoxelGrid
 from perception.models.heads.box_coder import CenterBoxCoder
-from perception.models.heads.transfusion import (
+from perception.models.heads.transfusion import TransFusionHead, TransFusionOutput
+from perception.models.heads.transfusion_config import (
+    MatchCosts,
+    TransFusionConfig,
     TransFusionDecodeConfig,
-    TransFusionHead,
     TransFusionLossConfig,
-    TransFusionOutput,
 )
 from perception.models.heads.transfusion_layers import select_queries
-from perception.models.heads.transfusion_matching import MatchCosts, hungarian_match, matching_cost
+from perception.models.heads.transfusion_matching import hungarian_match, matching_cost
 from perception.ops.iou3d import boxes_iou_3d
+from perception.shapes import MapShape
 from perception.structures import Boxes3D
 
 PCR = (-8.0, -8.0, -3.0, 8.0, 8.0, 3.0)
 VOXEL = (0.5, 0.5, 6.0)
 STRIDE = 2  # 32 x 32 voxels -> 16 x 16 BEV map, 1 m cells
+GRID = VoxelGrid(PCR, VOXEL)
+CLASSES = ("car", "bicycle", "pedestrian")
 
 GT = torch.tensor(
     [
@@ -33,22 +38,19 @@ GT = torch.tensor(
 GT_LABELS = torch.tensor([0, 2])
 
 
-def make_head(**kwargs: object) -> TransFusionHead:
-    args: dict[str, object] = dict(
-        in_channels=8,
-        num_classes=3,
-        point_cloud_range=PCR,
-        voxel_size=VOXEL,
-        feature_stride=STRIDE,
-        num_proposals=12,
-        hidden_channels=32,
-        num_heads=4,
-        ffn_channels=64,
-        dropout=0.0,
-        branch_channels=16,
+def make_head(*, in_channels: int = 8, stride: int = STRIDE, **config: object) -> TransFusionHead:
+    """A head for :data:`CLASSES` on :data:`GRID` reading an ``(in_channels, 16, 16)`` map of ``stride``;
+    ``config`` as in the YAML (``model.head.transfusion``), over small defaults."""
+    settings = dict(
+        num_proposals=12, hidden_channels=32, num_heads=4, ffn_channels=64, dropout=0.0, branch_channels=16
     )
-    args.update(kwargs)
-    return TransFusionHead(**args)  # type: ignore[arg-type]
+    settings.update(config)
+    return TransFusionHead(
+        TransFusionConfig.model_validate(settings),
+        class_names=CLASSES,
+        grid=GRID,
+        input_shape=MapShape(in_channels, GRID.bev_size(stride), stride),
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -101,13 +103,14 @@ def test_select_queries_errors() -> None:
 
 def test_head_queries_follow_the_heatmap() -> None:
     torch.manual_seed(0)
-    head = make_head(exempt_classes=(2,)).eval()
+    head = make_head(exempt_classes=["pedestrian"]).eval()
+    assert head.exempt_classes == (2,)
     out = head(torch.randn(2, 8, 16, 16))
     prob = out.dense_heatmap.sigmoid()
     scores, labels, index = select_queries(prob, 12, exempt_classes=(2,))
     assert torch.equal(out.query_labels, labels) and torch.equal(out.query_index, index)
     torch.testing.assert_close(out.query_scores, scores)
-    cells = CenterBoxCoder(point_cloud_range=PCR, voxel_size=VOXEL, feature_stride=STRIDE).cell_centers()
+    cells = CenterBoxCoder(GRID, STRIDE).cell_centers()
     torch.testing.assert_close(out.query_positions, cells[index])
     assert out.cls_logits.shape == (2, 12, 3) and out.box_codes.shape == (2, 12, 10) and out.iou is None
 
@@ -160,7 +163,7 @@ def test_matching_known_optimum_beats_greedy() -> None:
     pred = torch.tensor([_box(0.0), _box(3.0)])
     gt = torch.tensor([_box(0.5), _box(-1.5)])
     costs = MatchCosts(cls_weight=0.0, iou_weight=0.0, center_weight=1.0)
-    rng = (-10.0, -10.0, -5.0, 10.0, 10.0, 5.0)  # extent 20 m: cost = |dx| / 20
+    rng = VoxelGrid((-10.0, -10.0, -5.0, 10.0, 10.0, 5.0), (0.5, 0.5, 10.0))  # extent 20 m: cost = |dx| / 20
     cost, _ = matching_cost(pred, torch.zeros(2, 1), gt, torch.tensor([0, 0]), rng, costs)
     torch.testing.assert_close(cost, torch.tensor([[0.5, 1.5], [2.5, 4.5]]) / 20)
     a = hungarian_match(pred, torch.zeros(2, 1), gt, torch.tensor([0, 0]), rng, costs)
@@ -175,7 +178,7 @@ def test_matching_cost_terms_and_brute_force() -> None:
     logits = torch.randn(n, k)
     labels = torch.tensor([0, 3, 1])
     costs = MatchCosts()
-    cost, iou = matching_cost(pred, logits, gt, labels, PCR, costs)
+    cost, iou = matching_cost(pred, logits, gt, labels, GRID, costs)
     # reference, written out element by element
     for i, j in itertools.product(range(n), range(g)):
         p = torch.sigmoid(logits[i, labels[j]]).double()
@@ -186,7 +189,7 @@ def test_matching_cost_terms_and_brute_force() -> None:
         ref = 0.15 * (pos - neg) + 0.25 * center - 0.25 * ref_iou
         assert math.isclose(float(cost[i, j]), float(ref), abs_tol=1e-5)
         assert math.isclose(float(iou[i, j]), float(ref_iou), abs_tol=1e-6)
-    a = hungarian_match(pred, logits, gt, labels, PCR, costs)
+    a = hungarian_match(pred, logits, gt, labels, GRID, costs)
     best = min(
         itertools.permutations(range(n), g),
         key=lambda rows: sum(float(cost[r, c]) for c, r in enumerate(rows)),
@@ -199,21 +202,21 @@ def test_matching_cost_terms_and_brute_force() -> None:
 def test_matching_edge_cases() -> None:
     pred = torch.tensor([_box(0.0), _box(3.0)])
     empty = hungarian_match(
-        pred, torch.zeros(2, 2), torch.zeros(0, 7), torch.zeros(0, dtype=torch.int64), PCR
+        pred, torch.zeros(2, 2), torch.zeros(0, 7), torch.zeros(0, dtype=torch.int64), GRID
     )
     assert len(empty) == 0 and empty.pred_index.dtype == torch.int64
     # more ground truths than predictions: every prediction is matched, one ground truth is left out
     gt = torch.tensor([_box(0.1), _box(2.9), _box(-3.0)])
-    a = hungarian_match(pred, torch.zeros(2, 2), gt, torch.tensor([0, 1, 0]), PCR)
+    a = hungarian_match(pred, torch.zeros(2, 2), gt, torch.tensor([0, 1, 0]), GRID)
     assert a.pred_index.tolist() == [0, 1] and a.gt_index.tolist() == [0, 1]
     with pytest.raises(ValueError, match="cls_logits contains NaN"):
-        hungarian_match(pred, torch.full((2, 2), float("nan")), gt, torch.tensor([0, 1, 0]), PCR)
+        hungarian_match(pred, torch.full((2, 2), float("nan")), gt, torch.tensor([0, 1, 0]), GRID)
     with pytest.raises(ValueError, match="pred_boxes contains NaN"):
         bad = pred.clone()
         bad[0, 0] = float("inf")
-        hungarian_match(bad, torch.zeros(2, 2), gt, torch.tensor([0, 1, 0]), PCR)
+        hungarian_match(bad, torch.zeros(2, 2), gt, torch.tensor([0, 1, 0]), GRID)
     with pytest.raises(ValueError, match="gt_labels must lie"):
-        hungarian_match(pred, torch.zeros(2, 2), gt, torch.tensor([0, 1, 2]), PCR)
+        hungarian_match(pred, torch.zeros(2, 2), gt, torch.tensor([0, 1, 2]), GRID)
     with pytest.raises(ValueError, match="iou_mode"):
         MatchCosts(iou_mode="2d")
 
@@ -303,7 +306,7 @@ def test_loss_near_zero_for_perfect_predictions_positive_otherwise() -> None:
 
 
 def test_decode_perfect_predictions_gives_ground_truth() -> None:
-    head = make_head(with_iou=True, decode_config=TransFusionDecodeConfig(score_threshold=0.1))
+    head = make_head(with_iou=True, decode={"score_threshold": 0.1})
     (det,) = head.decode(_perfect_output(head))
     assert det.labels.tolist() == [0, 2] and det.boxes.tensor.shape == (2, 9)
     iou = boxes_iou_3d(det.boxes.tensor, GT).diagonal()
@@ -313,7 +316,7 @@ def test_decode_perfect_predictions_gives_ground_truth() -> None:
 
 
 def test_decode_rectifier_threshold_range_and_nms() -> None:
-    head = make_head(with_iou=True, decode_config=TransFusionDecodeConfig(iou_rectifier=(0.5, 0.2, 0.8)))
+    head = make_head(with_iou=True, decode={"iou_rectifier": (0.5, 0.2, 0.8)})
     out = _perfect_output(head, logit=0.0)  # sigmoid 0.5 everywhere
     out.iou = torch.tensor([[0.0, 1.0, -0.5, 0.6]])  # IoU 0.5, 1, 0.25, 0.8
     (det,) = head.decode(out)
@@ -326,16 +329,18 @@ def test_decode_rectifier_threshold_range_and_nms() -> None:
     want = sorted(expected.values(), reverse=True)
     torch.testing.assert_close(det.scores, torch.tensor(want))
     # the threshold applies to the rectified score: queries 1 (0.574) and 3 (0.632) pass 0.55, 0 and 2 do not
-    head.decode_config = TransFusionDecodeConfig(iou_rectifier=(0.5, 0.2, 0.8), score_threshold=0.55)
-    (det,) = head.decode(out)
+    (det,) = make_head(
+        with_iou=True, decode={"iou_rectifier": (0.5, 0.2, 0.8), "score_threshold": 0.55}
+    ).decode(out)
     torch.testing.assert_close(det.scores, torch.tensor([expected[3], expected[1]]))
     # the range filter keeps box centres inside it: only query 0 (1.3, 2.2, -1.0) of the four
-    head.decode_config = TransFusionDecodeConfig(iou_rectifier=0.5, post_center_range=(0, 0, -5, 8, 8, 5))
-    (det,) = head.decode(out)
+    (det,) = make_head(
+        with_iou=True, decode={"iou_rectifier": 0.5, "post_center_range": (0, 0, -5, 8, 8, 5)}
+    ).decode(out)
     assert len(det) == 1 and det.labels.tolist() == [0]
     torch.testing.assert_close(det.boxes.tensor, GT[:1], atol=1e-4, rtol=0)
     # NMS within class 0: two overlapping class-0 boxes, keep the higher score
-    head = make_head(decode_config=TransFusionDecodeConfig(nms_iou_thresholds=(0.1, None, None)))
+    head = make_head(decode={"nms_iou_thresholds": {"car": 0.1}})
     out = _perfect_output(head)
     out.box_codes[0, 3] = out.box_codes[0, 0]
     out.box_codes[0, 3, :2] += out.query_positions[0, 0] - out.query_positions[0, 3] + 0.1
@@ -403,10 +408,10 @@ def test_input_validation() -> None:
     with pytest.raises(ValueError, match="gt_labels"):
         head.loss(out, [Boxes3D(GT)], [torch.tensor([0, 3])])
     with pytest.raises(ValueError, match="iou_rectifier needs the IoU branch"):
-        make_head(decode_config=TransFusionDecodeConfig(iou_rectifier=0.5))
-    with pytest.raises(ValueError, match="code_weights"):
-        make_head(loss_config=TransFusionLossConfig(code_weights=(1.0,) * 8))
-    with pytest.raises(ValueError, match="num_proposals"):
+        make_head(decode={"iou_rectifier": 0.5})
+    with pytest.raises(ValueError, match="code_weights needs 10 values"):
+        make_head(loss=TransFusionLossConfig(code_weights=(1.0,) * 8))
+    with pytest.raises(ValueError, match="model.head.transfusion.num_proposals"):
         make_head(num_proposals=3 * 16 * 16 + 1)
     # a NaN in the BEV map reaches the outputs; loss and decode refuse them instead of dropping anything
     bev = torch.randn(1, 8, 16, 16)
@@ -422,6 +427,62 @@ def test_input_validation() -> None:
     assert out.box_codes.shape[-1] == 8
     head.loss(out, [Boxes3D(GT[:, :7])], [GT_LABELS])
     assert head.decode(out)[0].boxes.tensor.shape[1] == 7
+
+
+def test_built_from_config_grid_and_input_shape() -> None:
+    head = make_head(feature_stride=STRIDE)
+    assert head.input_shape() == MapShape(8, (16, 16), STRIDE) and head.num_classes == 3
+    assert head.coder.feature_map_size == GRID.bev_size(STRIDE)
+    with pytest.raises(
+        ValueError, match="model.head.transfusion.feature_stride is 4 but the BEV map has stride 2"
+    ):
+        make_head(feature_stride=4)
+    with pytest.raises(ValueError, match=r"input map would be \(8, 8\)"):
+        TransFusionHead(
+            TransFusionConfig(), class_names=CLASSES, grid=GRID, input_shape=MapShape(8, (8, 8), 2)
+        )
+    with pytest.raises(
+        ValueError, match="exempt_classes names class 'cone', which is not in data.class_names"
+    ):
+        make_head(exempt_classes=["cone"])
+    with pytest.raises(ValueError, match="nms_iou_thresholds names class 'van'"):
+        make_head(decode={"nms_iou_thresholds": {"van": 0.2}})
+    with pytest.raises(ValueError, match=r"iou_rectifier needs 1 or 3 values \(one per class\), got 2"):
+        make_head(with_iou=True, decode={"iou_rectifier": (0.5, 0.5)})
+
+
+def test_config_is_the_schema() -> None:
+    """Rules the runtime classes used to check after the YAML had loaded are config errors now."""
+    with pytest.raises(ValueError, match="focal_alpha"):
+        MatchCosts(focal_alpha=1.5)
+    with pytest.raises(ValueError, match="nms_kernel_size must be odd"):
+        TransFusionConfig(nms_kernel_size=2)
+    with pytest.raises(ValueError, match=r"num_heads \(3\) must divide hidden_channels \(128\)"):
+        TransFusionConfig(num_heads=3)
+    with pytest.raises(ValueError, match="nms_iou_thresholds"):
+        TransFusionDecodeConfig(nms_iou_thresholds={"car": 1.5})
+    with pytest.raises(ValueError, match="iou_rectifier"):
+        TransFusionDecodeConfig(iou_rectifier=1.2)
+    with pytest.raises(ValueError, match="Extra inputs"):
+        TransFusionConfig.model_validate({"loss": {"match": {"iou_weigth": 1.0}}})
+    assert TransFusionConfig(with_velocity=False).code_weight_values == (1.0,) * 8
+    assert TransFusionDecodeConfig(nms_iou_thresholds={"pedestrian": 0.2}).nms_thresholds(CLASSES) == (
+        None,
+        None,
+        0.2,
+    )
+    assert TransFusionDecodeConfig().nms_thresholds(CLASSES) is None
+
+
+def test_post_center_range_rule_is_the_centerpoint_one() -> None:
+    """The two heads' ``decode.post_center_range`` disagreed: CenterPoint refused min > max, TransFusion accepted
+    it (and then filtered every box out). Both refuse it now."""
+    from perception.models.heads.centerpoint_config import CenterPointDecodeConfig
+
+    bad = (0.0, 0.0, -5.0, -8.0, 8.0, 5.0)
+    for cls in (CenterPointDecodeConfig, TransFusionDecodeConfig):
+        with pytest.raises(ValueError, match="post_center_range must be"):
+            cls(post_center_range=bad)
 
 
 def test_overfit_single_sample() -> None:
@@ -448,8 +509,16 @@ def test_overfit_single_sample() -> None:
             final = sum(head.loss(head(bev), gt, labels).values()).item()
         assert final < first / 10, (first, final)
         head.eval()
-        head.decode_config = TransFusionDecodeConfig(score_threshold=0.3)
-        (det,) = head.decode(head(bev))
+        # decoding reads no parameters: a head with another decode config decodes this head's output
+        decoder = make_head(
+            with_iou=True,
+            num_proposals=10,
+            hidden_channels=16,
+            num_heads=2,
+            ffn_channels=32,
+            decode={"score_threshold": 0.3},
+        )
+        (det,) = decoder.decode(head(bev))
     finally:
         torch.set_num_threads(threads)
     assert len(det) == 2 and sorted(det.labels.tolist()) == [0, 2]
