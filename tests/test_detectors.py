@@ -160,7 +160,7 @@ def test_dsvt_detector_does_not_import_spconv() -> None:
 def test_model_config_loads_and_builds(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.model is not None
-    plan = cfg.model.plan(cfg.data.grid, cfg.data.class_names)
+    plan = cfg.model.plan(cfg.data)
     model = build_detector(cfg.model, cfg.data)
     # the built stages report the shapes the config-time plan computed (one computation, two moments)
     assert model.vfe.output_shape() == plan.vfe
@@ -174,11 +174,11 @@ def test_model_config_loads_and_builds(path: Path) -> None:
 
 def test_full_size_configs_match_the_published_models() -> None:
     cp = load_config(CONFIGS / "centerpoint_spconv_nuscenes.yaml")
-    plan = cp.model.plan(cp.data.grid, cp.data.class_names)
+    plan = cp.model.plan(cp.data)
     assert plan.grid.shape == (40, 1440, 1440) and plan.backbone_3d.grid == (2, 180, 180)
     assert plan.bev.channels == 256 and plan.head_input.channels == 512 and plan.feature_stride == 8
     dsvt = load_config(CONFIGS / "dsvt_pillar_transfusion_nuscenes.yaml")
-    plan = dsvt.model.plan(dsvt.data.grid, dsvt.data.class_names)
+    plan = dsvt.model.plan(dsvt.data)
     assert (
         plan.grid.shape == (1, 360, 360) and plan.head_input.size == (180, 180) and plan.feature_stride == 2
     )
@@ -195,7 +195,7 @@ def test_full_size_configs_match_the_published_models() -> None:
     head = dsvt.model.head.transfusion
     assert head.num_proposals == 200 and head.with_iou and plan.head_input.channels == 384
     voxel = load_config(CONFIGS / "dsvt_voxel_nuscenes.yaml")
-    plan = voxel.model.plan(voxel.data.grid, voxel.data.class_names)
+    plan = voxel.model.plan(voxel.data)
     assert plan.grid.shape == (32, 340, 340) and voxel.data.voxel_size == (0.32, 0.32, 0.1875)
     voxel_dsvt = voxel.model.backbone_3d.dsvt
     assert [s.window_shape[0] for s in voxel_dsvt.stages] == [32, 8, 2, 1]
@@ -223,7 +223,11 @@ SPCONV = CONFIGS / "centerpoint_spconv_nuscenes.yaml"
 @pytest.mark.parametrize(
     ("path", "overrides", "needles"),
     [
-        (PILLAR, ["data.voxel_size=[0.2, 0.2, 8.0]"], ["sparse_shape", "(1, 540, 540)", "input grid", "data.voxel_size"]),
+        (
+            PILLAR,
+            ["data.voxel_size=[0.2, 0.2, 8.0]"],
+            ["sparse_shape", "(1, 540, 540)", "input grid", "data.voxel_size"],
+        ),
         (PILLAR, ["data.voxel_size=[0.3, 0.3, 0.2]"], ["dynamic_pillar", "one voxel along z"]),
         (PILLAR, ["model.backbone_3d.dsvt.bev_shape=[180, 180]"], ["bev_shape", "(360, 360)"]),
         (
@@ -285,12 +289,11 @@ def test_detector_constructor_checks_built_stages(nusc_root: Path) -> None:
     grid = cfg.data.grid
 
     def head(input_shape: MapShape) -> CenterPointHead:
-        return CenterPointHead(
-            cfg.model.head.centerpoint, class_names=cfg.data.class_names, grid=grid, input_shape=input_shape
-        )
+        head_cfg = cfg.model.head.centerpoint.model_copy(update={"feature_stride": None})  # any stride
+        return CenterPointHead(head_cfg, class_names=cfg.data.class_names, grid=grid, input_shape=input_shape)
 
     with pytest.raises(
-        ValueError, match=r"the head expects MapShape\(channels=64, size=\(90, 90\), stride=Fraction\(4"
+        ValueError, match=r"the head expects MapShape\(channels=64, size=\(40, 40\), stride=Fraction\(4"
     ):
         VoxelDetector(**parts, head=head(MapShape(out.channels, grid.bev_size(4), 4)))
     with pytest.raises(ValueError, match=r"the head expects MapShape\(channels=32"):
@@ -317,12 +320,14 @@ def test_forward_loss_predict_shapes_and_gradients(name: str, nusc_root: Path) -
     model = _build(cfg)
 
     sparse = model.voxel_features(batch)
-    assert sparse.grid_shape == plan.grid and sparse.features.shape[1] == plan.vfe_channels
+    assert sparse.grid_shape == plan.vfe.grid and sparse.features.shape[1] == plan.vfe.channels
     assert sparse.num_voxels > 1000 and set(sparse.coords[:, 0].tolist()) == {0, 1}
     encoded = model.backbone_3d(sparse)
-    assert encoded.grid_shape == plan.backbone_grid and encoded.features.shape[1] == plan.backbone_channels
+    assert (
+        encoded.grid_shape == plan.backbone_3d.grid and encoded.features.shape[1] == plan.backbone_3d.channels
+    )
     bev = model.bev_backbone(model.to_bev(encoded))
-    assert bev.shape == (2, plan.bev_backbone_channels, *plan.feature_map_size)
+    assert bev.shape == (2, plan.head_input.channels, *plan.head_input.size)
 
     out = model(batch)
     _check_head_output(model, out, 2)

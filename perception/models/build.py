@@ -69,7 +69,7 @@ def build_detector(model_cfg: ModelConfig, data: DataConfig) -> VoxelDetector:
     if not isinstance(grid, VoxelGrid):
         raise TypeError(f"data.grid must be a perception.grid.VoxelGrid, got {type(grid).__name__}")
     class_names = tuple(data.class_names)
-    plan = model_cfg.plan(grid, class_names)
+    plan = model_cfg.plan(data)
     voxelization = Voxelization(model_cfg.voxelization, grid=grid)
     vfe_cfg = model_cfg.vfe
     c_in = model_cfg.num_point_features

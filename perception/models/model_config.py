@@ -30,9 +30,10 @@ Torch-free (pydantic only), so loading a config stays cheap.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 from pydantic import Field, Strict, model_validator
 
@@ -305,30 +306,23 @@ class HeadConfig(OneOf):
     transfusion: TransFusionConfig | None = None
 
     def check_input(self, input: MapShape, grid: VoxelGrid) -> int:
-        """The head's feature stride for the map ``input`` (an integer); ``ValueError`` naming the key."""
-        stride = Fraction(input.stride)
-        if stride.denominator != 1:
-            raise ValueError(
-                f"the head's feature stride would be {float(stride):g}; it must be a whole number "
-                "(model.backbone_3d stride x model.bev_backbone stride)"
-            )
-        written = self.settings.feature_stride
-        if written is not None and written != stride:
-            raise ValueError(
-                f"model.head.{self.name}.feature_stride is {written} but the BEV map has stride {int(stride)}"
-            )
-        expected = grid.bev_size(int(stride))
-        if tuple(input.size) != expected:
-            raise ValueError(
-                f"the head's input map would be {input.size} but the head expects ceil(grid / {int(stride)}) = "
-                f"{expected} for the grid {grid.shape}"
-            )
-        return int(stride)
+        """The head's (whole) feature stride for the map ``input``; ``ValueError`` naming the key."""
+        return self.settings.check_input(input, grid)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # the model and its shape plan
 # --------------------------------------------------------------------------------------------------------------
+
+
+class DataLike(Protocol):
+    """What the plan reads of :class:`~perception.config_schema.DataConfig`."""
+
+    @property
+    def grid(self) -> VoxelGrid: ...
+
+    @property
+    def class_names(self) -> Sequence[str]: ...
 
 
 @dataclass(frozen=True)
@@ -371,8 +365,10 @@ class ModelConfig(StrictSection):
     bev_backbone: BEVBackboneConfig
     head: HeadConfig
 
-    def plan(self, grid: VoxelGrid, class_names: tuple[str, ...]) -> ModelPlan:
-        """Follow the shapes through the stages; ``ValueError`` naming the keys that disagree."""
+    def plan(self, data: DataLike) -> ModelPlan:
+        """Follow the shapes through the stages on ``data.grid`` for ``data.class_names``; ``ValueError`` naming
+        the keys that disagree."""
+        grid, class_names = data.grid, tuple(data.class_names)
         if self.voxelization.mode != self.vfe.voxel_mode:
             raise ValueError(
                 f"model.vfe.{self.vfe.name} needs model.voxelization.mode: {self.vfe.voxel_mode}, "
