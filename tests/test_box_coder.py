@@ -155,7 +155,7 @@ def test_map_size_of_shipped_configs_is_the_grid_rule(name: str) -> None:
     if cfg.model is None:
         pytest.skip(f"{name} has no model section")
     grid = cfg.data.grid
-    plan = cfg.model.plan(grid, tuple(cfg.data.class_names))
+    plan = cfg.model.plan(cfg.data)
     stride = plan.feature_stride
     coder = CenterBoxCoder(grid, stride)
     assert coder.feature_map_size == grid.bev_size(stride) == plan.head_input.size
