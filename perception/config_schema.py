@@ -29,9 +29,9 @@ from perception.config_types import (
     Str,
     StrictSection,
 )
-from perception.engine.train_config import TrainConfig
 from perception.grid import VoxelGrid
 from perception.models.model_config import ModelConfig
+from perception.train_config import TrainConfig
 
 NUSCENES_VERSIONS = ("v1.0-mini", "v1.0-trainval", "v1.0-test")
 
@@ -127,7 +127,7 @@ class ExperimentConfig(StrictSection):
                     f"synthetic.version ({s.version!r}) must equal data.version ({self.data.version!r})"
                 )
         if self.model is not None:
-            self.model.plan(self.data.grid, self.data.class_names)  # ValueError naming the keys that disagree
+            self.model.plan(self.data)  # ValueError naming the keys that disagree
         return self
 
 

@@ -1,7 +1,8 @@
 """Typed ``train:`` section of an experiment config (optimiser, schedule, loop, checkpoints, augmentation).
 
-The section is a frozen pydantic model with unknown keys forbidden, like the rest of
-:mod:`perception.config_schema` (it defines its own base so that the schema module can import it without a cycle).
+The section is a frozen pydantic model with unknown keys forbidden, built from the shared strict types of
+:mod:`perception.config_types` like every other config class. It lives in the config layer (torch-free) so that
+:mod:`perception.config_schema` imports it without reaching up into :mod:`perception.engine`, which reads it.
 Every field can be overridden from the command line (``--set train.optimizer.lr=0.002``) and the ``tools/train.py``
 flags ``--batch-size / --epochs / --workers / --amp / --seed / --deterministic`` override the matching keys.
 
@@ -21,7 +22,19 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import Field, model_validator
+
+from perception.config_types import (
+    Bool,
+    Float,
+    NonNegFloat,
+    NonNegInt,
+    PosInt,
+    PositiveFloat,
+    Probability,
+    Str,
+    StrictSection,
+)
 
 __all__ = [
     "AugmentConfig",
@@ -31,20 +44,8 @@ __all__ = [
     "TrainConfig",
 ]
 
-Float = Annotated[float, Strict()]
-PositiveFloat = Annotated[float, Strict(), Field(gt=0)]
-Int = Annotated[int, Strict()]
-Bool = Annotated[bool, Strict()]
-Str = Annotated[str, Strict(), Field(min_length=1)]
 
-
-class _Section(BaseModel):
-    """Unknown keys forbidden, immutable, no NaN/inf floats (as :mod:`perception.config_schema`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class OptimizerConfig(_Section):
+class OptimizerConfig(StrictSection):
     """AdamW (decoupled weight decay).
 
     Attributes:
@@ -55,17 +56,12 @@ class OptimizerConfig(_Section):
     """
 
     lr: PositiveFloat = 3e-3
-    weight_decay: Annotated[float, Strict(), Field(ge=0)] = 0.01
-    betas: tuple[
-        Annotated[float, Strict(), Field(ge=0, lt=1)], Annotated[float, Strict(), Field(ge=0, lt=1)]
-    ] = (
-        0.9,
-        0.99,
-    )
+    weight_decay: NonNegFloat = 0.01
+    betas: tuple[Probability, Probability] = (0.9, 0.99)
     eps: PositiveFloat = 1e-8
 
 
-class OneCycleConfig(_Section):
+class OneCycleConfig(StrictSection):
     """One-cycle LR / momentum schedule (OpenPCDet ``adam_onecycle`` semantics, see the module docstring).
 
     Attributes:
@@ -76,17 +72,12 @@ class OneCycleConfig(_Section):
     """
 
     div_factor: PositiveFloat = 10.0
-    pct_start: Annotated[float, Strict(), Field(gt=0, lt=1)] = 0.4
-    moms: tuple[
-        Annotated[float, Strict(), Field(ge=0, lt=1)], Annotated[float, Strict(), Field(ge=0, lt=1)]
-    ] = (
-        0.95,
-        0.85,
-    )
+    pct_start: Annotated[Float, Field(gt=0, lt=1)] = 0.4
+    moms: tuple[Probability, Probability] = (0.95, 0.85)
     final_div_factor: PositiveFloat = 1e4
 
 
-class GTSamplingConfig(_Section):
+class GTSamplingConfig(StrictSection):
     """Ground-truth sampling (copy-paste) from the train GT database built by ``tools/create_data.py``.
 
     Attributes:
@@ -96,13 +87,13 @@ class GTSamplingConfig(_Section):
         remove_extra_width: metres added to ``dx, dy, dz`` when removing scene points under a pasted box.
     """
 
-    sample_counts: dict[Str, Annotated[int, Strict(), Field(ge=0)]]
-    min_points: dict[Str, Annotated[int, Strict(), Field(ge=0)]] = Field(default_factory=dict)
-    fade_last_epochs: Annotated[int, Strict(), Field(ge=0)] = 0
+    sample_counts: dict[Str, NonNegInt]
+    min_points: dict[Str, NonNegInt] = Field(default_factory=dict)
+    fade_last_epochs: NonNegInt = 0
     remove_extra_width: tuple[Float, Float, Float] = (0.0, 0.0, 0.0)
 
 
-class AugmentConfig(_Section):
+class AugmentConfig(StrictSection):
     """Training-time augmentation, applied in this order: GT sampling, flip, rotation, scaling, translation.
 
     Attributes:
@@ -132,7 +123,7 @@ class AugmentConfig(_Section):
         return self
 
 
-class TrainConfig(_Section):
+class TrainConfig(StrictSection):
     """How to train (``train:`` section of an experiment config).
 
     Attributes:
@@ -159,23 +150,23 @@ class TrainConfig(_Section):
         val_split: evaluation split name (nuScenes: ``mini_val`` / ``val``; KITTI: ``val``).
     """
 
-    batch_size: Int = Field(default=4, ge=1)
-    epochs: Int = Field(default=20, ge=1)
-    workers: Int = Field(default=0, ge=0)
+    batch_size: PosInt = 4
+    epochs: PosInt = 20
+    workers: NonNegInt = 0
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: OneCycleConfig = OneCycleConfig()
     lr_scaling: Literal["none", "linear"] = "none"
-    lr_reference_batch: Int = Field(default=16, ge=1)
+    lr_reference_batch: PosInt = 16
     grad_clip_norm: PositiveFloat | None = 10.0
     amp: Bool = False
-    seed: Int = Field(default=0, ge=0)
+    seed: NonNegInt = 0
     deterministic: Bool = False
-    keep_last: Int = Field(default=5, ge=1)
-    ckpt_interval: Int = Field(default=1, ge=1)
-    eval_interval: Int = Field(default=0, ge=0)
-    log_interval: Int = Field(default=10, ge=1)
+    keep_last: PosInt = 5
+    ckpt_interval: PosInt = 1
+    eval_interval: NonNegInt = 0
+    log_interval: PosInt = 10
     cbgs: Bool = False
-    min_points_in_gt: Int = Field(default=0, ge=0)
+    min_points_in_gt: NonNegInt = 0
     augment: AugmentConfig = AugmentConfig()
     split: Str | None = None
     val_split: Str | None = None

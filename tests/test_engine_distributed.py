@@ -38,7 +38,7 @@ def _worker(rank: int, out_dir: str, port: int) -> None:
 
     from perception.engine.distributed import cleanup_distributed
     from perception.engine.rng import seed_everything
-    from perception.engine.train_config import TrainConfig
+    from perception.train_config import TrainConfig
     from perception.engine.trainer import Trainer
 
     dist = init_distributed("pytorch", timeout_minutes=2)

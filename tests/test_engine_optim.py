@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from perception.engine.optim import OneCycleSchedule, build_optimizer, effective_lr
-from perception.engine.train_config import OneCycleConfig, OptimizerConfig, TrainConfig
+from perception.train_config import OneCycleConfig, OptimizerConfig, TrainConfig
 
 CYCLE = OneCycleConfig(div_factor=10.0, pct_start=0.4, moms=(0.95, 0.85), final_div_factor=1e4)
 

@@ -15,7 +15,7 @@ from test_engine_standin import StandInDetector, SyntheticSet
 from perception.engine.amp import MixedPrecision
 from perception.engine.checkpoint import load_checkpoint
 from perception.engine.rng import seed_everything, set_deterministic
-from perception.engine.train_config import TrainConfig
+from perception.train_config import TrainConfig
 from perception.engine.trainer import Trainer
 
 

@@ -2,7 +2,6 @@
 
 Modules (one concept each):
 
-* :mod:`~perception.engine.train_config` -- the typed ``train:`` config section (:class:`TrainConfig`).
 * :mod:`~perception.engine.optim` -- AdamW and the one-cycle LR / momentum schedule (resumable).
 * :mod:`~perception.engine.checkpoint` -- atomic checkpoints, keep-last-K, auto-resume skipping corrupt files.
 * :mod:`~perception.engine.rng` -- seeding, deterministic mode, generator-state capture / restore.
@@ -13,6 +12,9 @@ Modules (one concept each):
 * :mod:`~perception.engine.trainer` -- the training loop (:class:`Trainer`).
 * :mod:`~perception.engine.inference` -- inference, detections files, official nuScenes / KITTI evaluation.
 * :mod:`~perception.engine.paths` -- the run folder ``<output_root>/<config-stem>/<extra-tag>/``.
+
+The typed ``train:`` config section these read (:class:`~perception.train_config.TrainConfig`) lives in the
+config layer, :mod:`perception.train_config`; nothing below ``engine`` imports ``engine``.
 
 ``tools/train.py`` and ``tools/test.py`` are thin command lines over these.
 """

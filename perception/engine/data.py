@@ -19,7 +19,7 @@ import torch
 
 from perception.config_schema import ExperimentConfig
 from perception.engine.distributed import DistInfo, ShardedSampler
-from perception.engine.train_config import TrainConfig
+from perception.train_config import TrainConfig
 from perception.structures import Sample
 
 __all__ = [

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from perception.engine.train_config import OneCycleConfig, OptimizerConfig
+from perception.train_config import OneCycleConfig, OptimizerConfig
 
 __all__ = ["OneCycleSchedule", "build_optimizer", "effective_lr"]
 

@@ -50,7 +50,7 @@ from perception.engine.distributed import (
 from perception.engine.logger import ScalarWriter, progress
 from perception.engine.optim import OneCycleSchedule, build_optimizer, effective_lr
 from perception.engine.rng import capture_rng_state, restore_rng_state, seed_everything
-from perception.engine.train_config import TrainConfig
+from perception.train_config import TrainConfig
 from perception.structures import Batch, Detections, Sample
 
 __all__ = ["FitResult", "TrainableModel", "Trainer", "sum_losses"]
