@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from perception.engine.trainer import TrainableModel, sum_losses
+from perception.engine.trainer import TrainableModel
+from perception.models.detector import total_loss
 from perception.structures import Batch, Boxes3D, Detections, Points, Sample
 
 CLASS_NAMES = ("car", "pedestrian")
@@ -94,7 +95,7 @@ def test_standin_follows_protocol() -> None:
     batch = Batch.collate([SyntheticSet()[i] for i in range(3)])
     losses = model.loss(batch)
     assert set(losses) == {"loss_xy", "loss_z"}
-    total = sum_losses(losses)
+    total = total_loss(losses)
     assert torch.allclose(total, losses["loss_xy"] + losses["loss_z"])
     model.eval()
     dets = model.predict(batch)
@@ -103,10 +104,10 @@ def test_standin_follows_protocol() -> None:
 
 def test_sum_losses_rejects_bad_terms() -> None:
     with pytest.raises(ValueError, match="non-empty dict"):
-        sum_losses({})
+        total_loss({})
     with pytest.raises(TypeError, match="'loss_a' must be a torch.Tensor"):
-        sum_losses({"loss_a": 1.0})  # type: ignore[dict-item]
+        total_loss({"loss_a": 1.0})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="'loss_b' must be a scalar"):
-        sum_losses({"loss_b": torch.ones(3)})
-    total = sum_losses({"a": torch.tensor(1.5, dtype=torch.bfloat16), "b": torch.tensor([2.0])})
+        total_loss({"loss_b": torch.ones(3)})
+    total = total_loss({"a": torch.tensor(1.5, dtype=torch.bfloat16), "b": torch.tensor([2.0])})
     assert total.dtype == torch.float32 and total.shape == () and float(total) == 3.5

@@ -50,10 +50,11 @@ from perception.engine.distributed import (
 from perception.engine.logger import ScalarWriter, progress
 from perception.engine.optim import OneCycleSchedule, build_optimizer, effective_lr
 from perception.engine.rng import capture_rng_state, restore_rng_state, seed_everything
-from perception.train_config import TrainConfig
+from perception.models.detector import total_loss
 from perception.structures import Batch, Detections, Sample
+from perception.train_config import TrainConfig
 
-__all__ = ["FitResult", "TrainableModel", "Trainer", "sum_losses"]
+__all__ = ["FitResult", "TrainableModel", "Trainer"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,28 +83,6 @@ class _LossForward(torch.nn.Module):
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self.model.loss(batch)  # type: ignore[operator]
-
-
-def sum_losses(losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Float32 sum of the loss terms.
-
-    Raises:
-        TypeError / ValueError: ``losses`` is not a non-empty dict of scalar tensors (names the bad key).
-    """
-    if not isinstance(losses, Mapping) or not losses:
-        raise ValueError(
-            f"model.loss(batch) must return a non-empty dict of scalar tensors, got {losses!r:.80}"
-        )
-    total = None
-    for key, value in losses.items():
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"loss term {key!r} must be a torch.Tensor, got {type(value).__name__}")
-        if value.numel() != 1:
-            raise ValueError(f"loss term {key!r} must be a scalar, got shape {tuple(value.shape)}")
-        v = value.float().reshape(())
-        total = v if total is None else total + v
-    assert total is not None
-    return total
 
 
 def _seed_worker(worker_id: int, seed: int, epoch: int, rank: int) -> None:
@@ -374,7 +353,7 @@ class Trainer:
         saved = [b.detach().clone() for b in buffers]
         with self.mp.autocast():
             losses = self.forward_module(batch)
-        total = sum_losses(losses)
+        total = total_loss(losses)
         t1 = time.perf_counter()
         finite = all_true(bool(torch.isfinite(total)), self.dist)
         terms = {k: float(v.detach().float()) for k, v in losses.items()}

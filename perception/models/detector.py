@@ -15,7 +15,7 @@ voxelization the dynamic VFEs voxelize the points themselves (every point kept) 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -155,12 +155,28 @@ class VoxelDetector(nn.Module):
         return self.head.decode(self(batch))
 
 
-def total_loss(losses: dict[str, torch.Tensor] | Sequence[torch.Tensor]) -> torch.Tensor:
-    """Sum of the named losses of :meth:`VoxelDetector.loss`."""
-    values = list(losses.values()) if isinstance(losses, dict) else list(losses)
-    if not values:
-        raise ValueError("no losses to sum")
-    return torch.stack([v.float() for v in values]).sum()
+def total_loss(losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Float32 sum of the named loss terms of :meth:`VoxelDetector.loss` (the one loss sum: the trainer uses it).
+
+    Terms are added in the dict's order, each cast to float32 (so bf16 terms under autocast sum in float32).
+
+    Raises:
+        TypeError / ValueError: ``losses`` is not a non-empty dict of scalar tensors (names the bad key).
+    """
+    if not isinstance(losses, Mapping) or not losses:
+        raise ValueError(
+            f"model.loss(batch) must return a non-empty dict of scalar tensors, got {losses!r:.80}"
+        )
+    total: torch.Tensor | None = None
+    for key, value in losses.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"loss term {key!r} must be a torch.Tensor, got {type(value).__name__}")
+        if value.numel() != 1:
+            raise ValueError(f"loss term {key!r} must be a scalar, got shape {tuple(value.shape)}")
+        v = value.float().reshape(())
+        total = v if total is None else total + v
+    assert total is not None
+    return total
 
 
 __all__ = ["VoxelDetector", "Voxelization", "total_loss"]
