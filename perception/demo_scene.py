@@ -294,11 +294,7 @@ def detect_and_score(
     prepare_data(cfg)
     dataset = build_dataset(cfg, "val", "val")
     model = build_detector(cfg.model, cfg.data)
-    saved = tuple(load_model_weights(model, checkpoint, strict=True).get("class_names") or ())
-    if saved and saved != tuple(cfg.data.class_names):
-        raise ValueError(
-            f"{checkpoint} was trained on classes {list(saved)}, not {list(cfg.data.class_names)}"
-        )
+    load_model_weights(model, checkpoint, strict=True).check_class_names(cfg.data.class_names)
     dets = run_inference(model, dataset, show_progress=False)
     t1 = time.perf_counter()
     nusc = NuScenes(version=cfg.data.version, dataroot=str(data_root), verbose=False)

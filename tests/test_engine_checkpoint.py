@@ -17,6 +17,7 @@ from perception.engine.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     CheckpointManager,
+    CheckpointState,
     atomic_torch_save,
     load_checkpoint,
     load_model_weights,
@@ -26,21 +27,20 @@ from perception.engine.checkpoint import (
 from perception.engine.rng import capture_rng_state, restore_rng_state
 
 
-def _state(epoch: int, iter_in_epoch: int = 0, value: float = 0.0) -> dict[str, Any]:
-    return {
-        "format_version": FORMAT_VERSION,
-        "model": {"w": torch.full((3,), value)},
-        "optimizer": {},
-        "scheduler": {},
-        "grad_scaler": {},
-        "epoch": epoch,
-        "iter_in_epoch": iter_in_epoch,
-        "iteration": epoch * 10 + iter_in_epoch,
-        "rng": [rng_to_plain(capture_rng_state())],
-        "config": {"data": {"dataset": "nuscenes"}},
-        "class_names": ["car"],
-        "world_size": 1,
-    }
+def _state(epoch: int, iter_in_epoch: int = 0, value: float = 0.0) -> CheckpointState:
+    return CheckpointState(
+        model={"w": torch.full((3,), value)},
+        optimizer={},
+        scheduler={},
+        grad_scaler={},
+        epoch=epoch,
+        iter_in_epoch=iter_in_epoch,
+        iteration=epoch * 10 + iter_in_epoch,
+        rng=[rng_to_plain(capture_rng_state())],
+        config={"data": {"dataset": "nuscenes"}},
+        class_names=("car",),
+        world_size=1,
+    )
 
 
 def test_failure_mid_write_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,14 +64,14 @@ def test_failure_mid_write_keeps_previous_checkpoint(tmp_path: Path, monkeypatch
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch_1.pth"]  # no temporary files
     assert first.read_bytes() == before
-    assert torch.equal(load_checkpoint(first)["model"]["w"], torch.full((3,), 1.0))
+    assert torch.equal(load_checkpoint(first).model["w"], torch.full((3,), 1.0))
 
 
 def test_interrupted_write_leftover_is_cleaned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     stale = tmp_path / ".tmp-checkpoint_epoch_3.pth.1234.deadbeef"
     stale.write_bytes(b"partial")
     keep = tmp_path / "checkpoint_epoch_2.pth"
-    atomic_torch_save(_state(2), keep)
+    atomic_torch_save(_state(2).to_dict(), keep)
     with caplog.at_level("WARNING", logger="perception.engine.checkpoint"):
         mgr = CheckpointManager(tmp_path, keep_last=2)
     assert not stale.exists() and keep.exists()
@@ -88,8 +88,8 @@ def test_keep_last_k_and_ordering(tmp_path: Path) -> None:
     assert [p.name for p in mgr.checkpoints()] == ["checkpoint_epoch_4.pth", "checkpoint_epoch_4_iter_7.pth"]
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     assert len(mgr.checkpoints()) == 2
-    with pytest.raises(ValueError, match="missing keys"):
-        mgr.save({"epoch": 5})
+    with pytest.raises(TypeError, match="CheckpointState"):
+        mgr.save({"epoch": 5})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="keep_last"):
         CheckpointManager(tmp_path, keep_last=0)
 
@@ -106,7 +106,7 @@ def test_auto_resume_skips_corrupt_newest_with_warning(tmp_path: Path) -> None:
     assert len(record) == 2
     assert found is not None
     path, state = found
-    assert path.name == "checkpoint_epoch_1.pth" and state["epoch"] == 1
+    assert path.name == "checkpoint_epoch_1.pth" and state.epoch == 1
 
 
 def test_auto_resume_nothing_to_resume(tmp_path: Path) -> None:
@@ -119,11 +119,50 @@ def test_load_checkpoint_rejects_wrong_files(tmp_path: Path) -> None:
     atomic_torch_save({"format_version": 99}, tmp_path / "v99.pth")
     with pytest.raises(CheckpointError, match="format_version 99"):
         load_checkpoint(tmp_path / "v99.pth")
-    state = _state(1)
+    state = _state(1).to_dict()
     del state["rng"]
     atomic_torch_save(state, tmp_path / "norng.pth")
     with pytest.raises(CheckpointError, match="missing keys \\['rng'\\]"):
         load_checkpoint(tmp_path / "norng.pth")
+    bad = {**_state(1).to_dict(), "epoch": "1"}
+    atomic_torch_save(bad, tmp_path / "badepoch.pth")
+    with pytest.raises(CheckpointError, match="badepoch.pth: 'epoch' must be an int"):
+        load_checkpoint(tmp_path / "badepoch.pth")
+    bad = {**_state(1).to_dict(), "class_names": "car"}
+    atomic_torch_save(bad, tmp_path / "badnames.pth")
+    with pytest.raises(CheckpointError, match="'class_names' must be a list of strings"):
+        load_checkpoint(tmp_path / "badnames.pth")
+
+
+def test_state_round_trips_through_its_dict() -> None:
+    state = _state(3, iter_in_epoch=2, value=4.0)
+    data = state.to_dict()
+    assert data["format_version"] == FORMAT_VERSION and data["class_names"] == ["car"]
+    again = CheckpointState.from_dict(data)
+    assert again.epoch == 3 and again.iter_in_epoch == 2 and again.class_names == ("car",)
+    assert torch.equal(again.model["w"], state.model["w"]) and again.config == state.config
+    del data["world_size"]  # written before world_size existed: one process
+    assert CheckpointState.from_dict(data).world_size == 1
+
+
+def test_shipped_demo_checkpoint_loads() -> None:
+    """The checkpoint shipped with the repository (written before the typed state) reads through the class."""
+    path = Path(__file__).resolve().parents[1] / "checkpoints" / "demo_detector.pth"
+    state = load_checkpoint(path)
+    assert state.format_version == FORMAT_VERSION and state.world_size >= 1
+    assert state.epoch > 0 and state.iteration > 0 and len(state.class_names) == 10
+    assert state.config is not None and "model" in state.config and len(state.model) > 100
+    from perception.config import config_from_dict
+    from perception.models.build import build_detector
+
+    cfg = config_from_dict(state.config, base_dir=path.parent)
+    assert cfg.model is not None and tuple(cfg.data.class_names) == state.class_names
+    model = build_detector(cfg.model, cfg.data)
+    loaded = load_model_weights(model, path, strict=True)  # every tensor fits the rebuilt detector
+    assert loaded.checkpoint is not None and loaded.class_names == state.class_names
+    loaded.check_class_names(cfg.data.class_names)
+    with pytest.raises(ValueError, match="was trained on classes"):
+        loaded.check_class_names(("car",))
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
@@ -154,7 +193,7 @@ def test_load_model_weights_strict_and_pretrained(tmp_path: Path) -> None:
     torch.manual_seed(0)
     src = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
     state = _state(1)
-    state["model"] = src.state_dict()
+    state.model = src.state_dict()
     path = CheckpointManager(tmp_path, keep_last=1).save(state)
 
     same = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
@@ -172,5 +211,6 @@ def test_load_model_weights_strict_and_pretrained(tmp_path: Path) -> None:
     bare = tmp_path / "bare.pth"
     torch.save(src.state_dict(), bare)  # a plain state_dict file also works for --pretrained
     fresh = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
-    load_model_weights(fresh, bare, strict=True)
+    loaded = load_model_weights(fresh, bare, strict=True)
     assert torch.equal(fresh[1].bias, src[1].bias)
+    assert loaded.checkpoint is None and loaded.class_names == ()

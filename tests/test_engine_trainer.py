@@ -15,8 +15,8 @@ from test_engine_standin import StandInDetector, SyntheticSet
 from perception.engine.amp import MixedPrecision
 from perception.engine.checkpoint import load_checkpoint
 from perception.engine.rng import seed_everything, set_deterministic
-from perception.train_config import TrainConfig
 from perception.engine.trainer import Trainer
+from perception.train_config import TrainConfig
 
 
 @pytest.fixture(autouse=True)
@@ -80,10 +80,10 @@ def test_resume_from_epoch_boundary_and_checkpoint_contents(tmp_path: Path) -> N
     files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert files == ["checkpoint_epoch_2.pth"]  # keep_last=1
     state = load_checkpoint(tmp_path / "ckpt" / files[0])
-    assert state["epoch"] == 2 and state["iter_in_epoch"] == 0 and state["iteration"] == 10
-    assert state["class_names"] == ["car", "pedestrian"] and state["config"] == {"note": "test"}
-    assert len(state["rng"]) == 1 and state["world_size"] == 1
-    assert state["scheduler"]["iteration"] == 10
+    assert state.epoch == 2 and state.iter_in_epoch == 0 and state.iteration == 10
+    assert state.class_names == ("car", "pedestrian") and state.config == {"note": "test"}
+    assert len(state.rng) == 1 and state.world_size == 1
+    assert state.scheduler["iteration"] == 10
     again = _trainer(tmp_path, epochs=2)
     again.resume()
     assert again.fit().losses == []  # already finished: nothing to do

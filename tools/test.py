@@ -114,12 +114,7 @@ def _test(args: argparse.Namespace, cfg: Any) -> int:
 
     def score(ckpt: Path) -> dict[str, float]:
         model = build_detector(cfg.model, cfg.data)
-        data = load_model_weights(model, ckpt, strict=True)
-        saved = tuple(data.get("class_names") or ())
-        if saved and saved != tuple(cfg.data.class_names):
-            raise ValueError(
-                f"{ckpt} was trained on classes {list(saved)}, the config has {list(cfg.data.class_names)}"
-            )
+        load_model_weights(model, ckpt, strict=True).check_class_names(cfg.data.class_names)
         model.to(device)
         dets = run_inference(
             model, dataset, batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp,

@@ -1,6 +1,10 @@
 """Training checkpoints: atomic writes, keep-last-K, and auto-resume that skips corrupt files.
 
-A checkpoint is a ``torch.save`` of a plain dict (loadable with ``torch.load(..., weights_only=True)``):
+A checkpoint is a :class:`CheckpointState` (the one typed description of what a checkpoint holds), saved as
+``torch.save(state.to_dict())`` -- a plain dict, loadable with ``torch.load(..., weights_only=True)`` -- and read
+back with :meth:`CheckpointState.from_dict`, which checks the version, the keys and their types and names the
+file. Trainer, ``tools/test.py``, the demo and inference all go through it (:func:`load_checkpoint`,
+:func:`load_model_weights`); nothing else indexes a loaded checkpoint. The dict's keys:
 
 =================  ===========================================================================================
 ``format_version``  :data:`FORMAT_VERSION` (int)
@@ -17,6 +21,9 @@ A checkpoint is a ``torch.save`` of a plain dict (loadable with ``torch.load(...
 ``world_size``      processes that wrote it
 =================  ===========================================================================================
 
+Older files: every checkpoint written so far (the shipped ``checkpoints/demo_detector.pth`` included) is
+``format_version`` 1 with exactly these keys; a file without ``world_size`` reads as one process.
+
 File names in ``ckpt/``: ``checkpoint_epoch_<E>.pth`` after ``E`` completed epochs, and
 ``checkpoint_epoch_<E>_iter_<J>.pth`` for a run stopped ``J`` iterations into epoch ``E + 1``. Newest = largest
 ``(E, J)``. Writes go to a hidden temporary file in the same folder, are flushed and ``fsync``-ed, then renamed
@@ -31,6 +38,7 @@ import os
 import re
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +50,8 @@ from perception.io_atomic import atomic_write
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
+    "CheckpointState",
+    "LoadedWeights",
     "CheckpointManager",
     "atomic_torch_save",
     "load_checkpoint",
@@ -72,6 +82,125 @@ _TMP_PREFIX = ".tmp-"
 
 class CheckpointError(ValueError):
     """A file is not a loadable checkpoint of this format (truncated, wrong version, missing keys)."""
+
+
+_INT_KEYS = ("epoch", "iter_in_epoch", "iteration")
+_DICT_KEYS = ("model", "optimizer", "scheduler", "grad_scaler")
+
+
+@dataclass
+class CheckpointState:
+    """Everything a training checkpoint holds (see the module docstring for the saved layout).
+
+    Attributes:
+        model: the bare model's ``state_dict`` (CPU tensors).
+        optimizer / scheduler / grad_scaler: their ``state_dict`` (``grad_scaler`` is ``{}`` without a scaler).
+        epoch: completed epochs; iter_in_epoch: iterations done in the next epoch; iteration: global iterations.
+        rng: per-rank generator states (:func:`rng_to_plain`), indexed by rank.
+        config: the resolved experiment config as a plain dict (:func:`perception.config.config_to_dict`), or None.
+        class_names: the detector's classes, in label order.
+        world_size: processes that wrote it.
+    """
+
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    grad_scaler: dict[str, Any]
+    epoch: int
+    iter_in_epoch: int
+    iteration: int
+    rng: list[Any]
+    config: dict[str, Any] | None
+    class_names: tuple[str, ...] = ()
+    world_size: int = 1
+    format_version: int = field(default=FORMAT_VERSION, init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain dict that is saved (only tensors, numbers, strings, lists and dicts: ``weights_only``-safe)."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "grad_scaler": self.grad_scaler,
+            "epoch": int(self.epoch),
+            "iter_in_epoch": int(self.iter_in_epoch),
+            "iteration": int(self.iteration),
+            "rng": list(self.rng),
+            "config": self.config,
+            "class_names": list(self.class_names),
+            "world_size": int(self.world_size),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<dict>") -> CheckpointState:
+        """Check and read a loaded checkpoint dict.
+
+        Raises:
+            CheckpointError: not a dict, another ``format_version``, missing keys, or a value of the wrong type;
+                the message starts with ``source`` (the file).
+        """
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{source}: expected a dict, got {type(data).__name__}")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(f"{source}: format_version {version!r}, this code reads {FORMAT_VERSION}")
+        missing = [k for k in REQUIRED_KEYS if k not in data]
+        if missing:
+            raise CheckpointError(f"{source}: missing keys {missing}")
+        for key in _DICT_KEYS:
+            if not isinstance(data[key], dict):
+                raise CheckpointError(f"{source}: {key!r} must be a dict, got {type(data[key]).__name__}")
+        for key in (*_INT_KEYS, "world_size"):
+            value = data.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CheckpointError(f"{source}: {key!r} must be an int >= 0, got {value!r}")
+        if not isinstance(data["rng"], list):
+            raise CheckpointError(f"{source}: 'rng' must be a list (one state per rank)")
+        if data["config"] is not None and not isinstance(data["config"], dict):
+            raise CheckpointError(f"{source}: 'config' must be a dict or None")
+        names = data["class_names"]
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise CheckpointError(f"{source}: 'class_names' must be a list of strings, got {names!r:.80}")
+        return cls(
+            model=data["model"],
+            optimizer=data["optimizer"],
+            scheduler=data["scheduler"],
+            grad_scaler=data["grad_scaler"],
+            epoch=data["epoch"],
+            iter_in_epoch=data["iter_in_epoch"],
+            iteration=data["iteration"],
+            rng=data["rng"],
+            config=data["config"],
+            class_names=tuple(names),
+            world_size=data.get("world_size", 1),
+        )
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    """What :func:`load_model_weights` read: the checkpoint (None for a bare ``state_dict`` file) and its path.
+
+    Attributes:
+        path: the file.
+        checkpoint: the whole training checkpoint, or None when the file held only a ``state_dict``.
+    """
+
+    path: Path
+    checkpoint: CheckpointState | None
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes the weights were trained for (``()`` when the file does not say)."""
+        return self.checkpoint.class_names if self.checkpoint is not None else ()
+
+    def check_class_names(self, class_names: tuple[str, ...] | list[str]) -> None:
+        """Raise ``ValueError`` when the file names classes and they differ from ``class_names``."""
+        saved = self.class_names
+        if saved and tuple(saved) != tuple(class_names):
+            raise ValueError(
+                f"{self.path} was trained on classes {list(saved)}, the config has {list(class_names)}"
+            )
 
 
 def rng_to_plain(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -118,7 +247,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     return atomic_write(Path(path).absolute(), lambda f: torch.save(obj, f), tmp_prefix=_TMP_PREFIX)
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> CheckpointState:
     """Load and check a training checkpoint (``weights_only=True``: no arbitrary code runs).
 
     Raises:
@@ -132,20 +263,12 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError / EOFError / UnpicklingError for damaged files
         raise CheckpointError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a dict, got {type(state).__name__}")
-    version = state.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {version!r}, this code reads {FORMAT_VERSION}")
-    missing = [k for k in REQUIRED_KEYS if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: missing keys {missing}")
-    return state
+    return CheckpointState.from_dict(state, str(path))
 
 
 def load_model_weights(
     model: torch.nn.Module, path: str | os.PathLike[str], *, strict: bool = True
-) -> dict[str, Any]:
+) -> LoadedWeights:
     """Load the ``model`` entry of a checkpoint (or a bare ``state_dict`` file) into ``model``.
 
     Args:
@@ -153,7 +276,8 @@ def load_model_weights(
             differs are skipped; missing / unexpected / skipped keys are logged.
 
     Returns:
-        the loaded file's dict (the whole checkpoint, or ``{"model": state_dict}`` for a bare state dict).
+        :class:`LoadedWeights`: the checkpoint (checked by :meth:`CheckpointState.from_dict`), or None for a bare
+        ``state_dict`` file.
 
     Raises:
         CheckpointError: the file cannot be loaded or (``strict``) does not fit ``model``.
@@ -167,15 +291,16 @@ def load_model_weights(
         raise CheckpointError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict, got {type(data).__name__}")
-    weights = data["model"] if "model" in data and isinstance(data["model"], dict) else data
-    data = data if "model" in data else {"model": weights}
+    checkpoint = CheckpointState.from_dict(data, str(path)) if "format_version" in data else None
+    weights = checkpoint.model if checkpoint is not None else data
+    loaded = LoadedWeights(path, checkpoint)
     own = model.state_dict()
     if strict:
         try:
             model.load_state_dict(weights, strict=True)
         except RuntimeError as exc:
             raise CheckpointError(f"{path}: weights do not fit the model: {exc}") from exc
-        return data
+        return loaded
     fitting = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(k for k in weights if k in own and own[k].shape != weights[k].shape)
     result = model.load_state_dict(fitting, strict=False)
@@ -189,7 +314,7 @@ def load_model_weights(
         len(skipped),
         f": {skipped[:5]}" if skipped else "",
     )
-    return data
+    return loaded
 
 
 class CheckpointManager:
@@ -233,24 +358,25 @@ class CheckpointManager:
         found = [(k, p) for p in self.directory.glob("checkpoint_epoch_*.pth") if (k := self.sort_key(p))]
         return [p for _, p in sorted(found)]
 
-    def save(self, state: dict[str, Any]) -> Path:
-        """Atomically write ``state`` (a dict with the keys of the module docstring) and prune to ``keep_last``.
+    def save(self, state: CheckpointState) -> Path:
+        """Atomically write ``state`` (as :meth:`CheckpointState.to_dict`) and prune to ``keep_last``.
 
         Raises:
-            ValueError: ``state`` lacks a required key (checked before anything is written).
+            TypeError: ``state`` is not a :class:`CheckpointState` (checked before anything is written).
         """
-        missing = [k for k in REQUIRED_KEYS if k not in state]
-        if missing:
-            raise ValueError(f"checkpoint state is missing keys {missing}")
+        if not isinstance(state, CheckpointState):
+            raise TypeError(f"state must be a CheckpointState, got {type(state).__name__}")
         path = atomic_torch_save(
-            state, self.directory / self.name_for(state["epoch"], state["iter_in_epoch"])
+            state.to_dict(), self.directory / self.name_for(state.epoch, state.iter_in_epoch)
         )
         for old in self.checkpoints()[: -self.keep_last]:
             if old != path:
                 old.unlink(missing_ok=True)
         return path
 
-    def latest_loadable(self, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
+    def latest_loadable(
+        self, map_location: str | torch.device = "cpu"
+    ) -> tuple[Path, CheckpointState] | None:
         """The newest checkpoint that loads and passes :func:`load_checkpoint`'s checks, or None if none does.
 
         Each newer file that fails to load is reported with a ``UserWarning`` (and in the log) and skipped.

@@ -30,8 +30,8 @@ import torch
 
 from perception.engine.amp import MixedPrecision
 from perception.engine.checkpoint import (
-    FORMAT_VERSION,
     CheckpointManager,
+    CheckpointState,
     load_checkpoint,
     rng_from_plain,
     rng_to_plain,
@@ -231,26 +231,25 @@ class Trainer:
         )
 
     # ---------------------------------------------------------------------------------------------------------
-    def checkpoint_state(self) -> dict[str, Any]:
-        """The checkpoint dict of the current state (a collective: every rank must call it)."""
+    def checkpoint_state(self) -> CheckpointState:
+        """The checkpoint of the current state (a collective: every rank must call it)."""
         rng = all_gather_object(rng_to_plain(capture_rng_state()), self.dist)
-        return {
-            "format_version": FORMAT_VERSION,
-            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": {
+        return CheckpointState(
+            model={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            optimizer=self.optimizer.state_dict(),
+            scheduler={
                 **self.schedule.state_dict(),
                 "iteration": self.iteration,
             },  # consistent if interrupted
-            "grad_scaler": self.mp.state_dict(),
-            "epoch": self.epoch,
-            "iter_in_epoch": self.iter_in_epoch,
-            "iteration": self.iteration,
-            "rng": rng,
-            "config": self.config_dict,
-            "class_names": list(self.class_names),
-            "world_size": self.dist.world_size,
-        }
+            grad_scaler=self.mp.state_dict(),
+            epoch=self.epoch,
+            iter_in_epoch=self.iter_in_epoch,
+            iteration=self.iteration,
+            rng=list(rng),
+            config=dict(self.config_dict) if self.config_dict is not None else None,
+            class_names=tuple(self.class_names),
+            world_size=self.dist.world_size,
+        )
 
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current state (rank 0 writes; collective). None without a run folder."""
@@ -268,21 +267,21 @@ class Trainer:
             logger.info("saved checkpoint %s", path)
         return path
 
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore weights, optimiser, schedule, scaler, counters and this rank's RNG from a checkpoint dict."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["scheduler"])
-        self.mp.load_state_dict(state["grad_scaler"])
-        self.epoch, self.iter_in_epoch = int(state["epoch"]), int(state["iter_in_epoch"])
-        self.iteration = int(state["iteration"])
+    def load_state(self, state: CheckpointState) -> None:
+        """Restore weights, optimiser, schedule, scaler, counters and this rank's RNG from a checkpoint."""
+        self.model.load_state_dict(state.model)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.schedule.load_state_dict(state.scheduler)
+        self.mp.load_state_dict(state.grad_scaler)
+        self.epoch, self.iter_in_epoch = state.epoch, state.iter_in_epoch
+        self.iteration = state.iteration
         if self.iteration != self.epoch * self.iters_per_epoch + self.iter_in_epoch:
             raise ValueError(
                 f"checkpoint at epoch {self.epoch} + {self.iter_in_epoch} iterations (global {self.iteration}) "
                 f"does not fit {self.iters_per_epoch} iterations per epoch: the dataset, batch size or world size "
                 "changed; use --pretrained to start a new run from its weights"
             )
-        rngs = state["rng"]
+        rngs = state.rng
         if len(rngs) == self.dist.world_size:
             restore_rng_state(rng_from_plain(rngs[self.dist.rank]))
         else:
