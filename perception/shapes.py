@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import torch
 
+    from perception.grid import VoxelGrid
     from perception.structures import Detections, SparseFeatures
 
 __all__ = ["Backbone3D", "BEVStage", "DetectionHead", "MapShape", "SparseShape", "SparseStage", "check_fit"]
@@ -75,9 +76,21 @@ def check_fit(producer: str, produced: Any, consumer: str, expected: Any) -> Non
 
 @runtime_checkable
 class SparseStage(Protocol):
-    """A VFE: points or hard voxels -> :class:`SparseFeatures` on the voxel grid."""
+    """A VFE: points or hard voxels -> :class:`SparseFeatures` on the voxel grid.
+
+    Attributes:
+        voxel_mode: ``"hard"`` (reads hard voxels) or ``"dynamic"`` (voxelizes the points itself).
+        grid: the voxel grid it works on.
+        num_point_features: point columns it reads.
+    """
+
+    voxel_mode: str
+    grid: VoxelGrid
+    num_point_features: int
 
     def output_shape(self) -> SparseShape: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SparseFeatures: ...
 
 
 @runtime_checkable

@@ -303,6 +303,8 @@ def test_detector_constructor_checks_built_stages(nusc_root: Path) -> None:
         VoxelDetector(**{**parts, "vfe": spconv.vfe}, head=model.head)
     with pytest.raises(ValueError, match="backbone_3d expects the grid"):
         VoxelDetector(**{**parts, "backbone_3d": spconv.backbone_3d}, head=model.head)
+    with pytest.raises(TypeError, match="head must be an nn.Module following DetectionHead"):
+        VoxelDetector(**parts, head=torch.nn.Linear(2, 2))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="the VFE's grid"):
         other_grid = Voxelization(cfg.model.voxelization, grid=spconv.voxelization.grid)
         VoxelDetector(**{**parts, "voxelization": other_grid}, head=model.head)

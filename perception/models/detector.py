@@ -23,7 +23,7 @@ from torch import nn
 
 from perception.grid import VoxelGrid
 from perception.ops.voxelize import voxelize
-from perception.shapes import Backbone3D, BEVStage, DetectionHead, SparseShape, check_fit
+from perception.shapes import Backbone3D, BEVStage, DetectionHead, SparseShape, SparseStage, check_fit
 from perception.structures import Batch, Detections, SparseFeatures, Voxels
 
 from .model_config import VoxelizationConfig
@@ -87,19 +87,30 @@ class VoxelDetector(nn.Module):
         self,
         *,
         voxelization: Voxelization,
-        vfe: nn.Module,
+        vfe: SparseStage,
         backbone_3d: Backbone3D,
         to_bev: BEVStage,
         bev_backbone: BEVStage,
         head: DetectionHead,
     ) -> None:
         super().__init__()
+        for name, stage, protocol in (
+            ("vfe", vfe, SparseStage),
+            ("backbone_3d", backbone_3d, Backbone3D),
+            ("to_bev", to_bev, BEVStage),
+            ("bev_backbone", bev_backbone, BEVStage),
+            ("head", head, DetectionHead),
+        ):
+            if not isinstance(stage, nn.Module) or not isinstance(stage, protocol):
+                raise TypeError(
+                    f"{name} must be an nn.Module following {protocol.__name__}, got {type(stage).__name__}"
+                )
         self.voxelization = voxelization
-        self.vfe = vfe
-        self.backbone_3d: Any = backbone_3d
-        self.to_bev: Any = to_bev
-        self.bev_backbone: Any = bev_backbone
-        self.head: Any = head
+        self.vfe: SparseStage = vfe
+        self.backbone_3d: Backbone3D = backbone_3d
+        self.to_bev: BEVStage = to_bev
+        self.bev_backbone: BEVStage = bev_backbone
+        self.head: DetectionHead = head
         self.num_point_features = int(vfe.num_point_features)
         self._check_stages()
 
