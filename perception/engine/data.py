@@ -19,8 +19,8 @@ import torch
 
 from perception.config_schema import ExperimentConfig
 from perception.engine.distributed import DistInfo, ShardedSampler
-from perception.train_config import TrainConfig
 from perception.structures import Sample
+from perception.train_config import TrainConfig
 
 __all__ = [
     "build_dataset",
