@@ -93,9 +93,7 @@ def detector_frame() -> None:
         model.predict(batch)  # warm-up (numba JIT, allocator)
         for _ in range(REPEATS):
             times["torch.mm 2048^3"].append(_ms(lambda: torch.mm(a, b)))
-            times["voxelize"].append(
-                _ms(lambda: voxelize(points, vox.grid, mode="dynamic"))
-            )
+            times["voxelize"].append(_ms(lambda: voxelize(points, vox.grid, mode="dynamic")))
             t = time.perf_counter()
             sparse = model.voxel_features(batch)
             times["VFE (incl. its voxelize)"].append((time.perf_counter() - t) * 1e3)

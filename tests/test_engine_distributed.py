@@ -38,8 +38,8 @@ def _worker(rank: int, out_dir: str, port: int) -> None:
 
     from perception.engine.distributed import cleanup_distributed
     from perception.engine.rng import seed_everything
-    from perception.train_config import TrainConfig
     from perception.engine.trainer import Trainer
+    from perception.train_config import TrainConfig
 
     dist = init_distributed("pytorch", timeout_minutes=2)
     seed_everything(100 + rank)  # different initial weights per rank: DDP must broadcast rank 0's

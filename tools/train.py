@@ -113,9 +113,9 @@ def _train(args: argparse.Namespace, cfg: object) -> int:
     from perception.engine.logger import setup_logging
     from perception.engine.paths import run_dir_for
     from perception.engine.rng import align_numba_threads, seed_everything, set_deterministic
-    from perception.train_config import TrainConfig
     from perception.engine.trainer import Trainer
     from perception.models.build import build_detector
+    from perception.train_config import TrainConfig
 
     assert isinstance(cfg, ExperimentConfig)
     if cfg.train is None:
