@@ -15,7 +15,7 @@ each other, as KITTI and every toolkit assume; only the heading is kept).
 Difficulty (KITTI object benchmark): easy = 2D box height >= 40 px, occlusion 0 ("fully visible"), truncation
 <= 0.15; moderate = >= 25 px, occlusion <= 1, truncation <= 0.30; hard = >= 25 px, occlusion <= 2, truncation
 <= 0.50; anything else is "unknown" (-1). The thresholds are the evaluator's (``perception.evaluation.kitti``).
-Label files are read with the evaluator's reader :func:`perception.evaluation.kitti_io.read_label_file`
+Label files are read with the evaluator's reader :func:`perception.formats.kitti_labels.read_label_file`
 (malformed lines raise ``ValueError`` with the file and line).
 """
 
@@ -28,8 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from perception.evaluation.kitti import MAX_OCCLUSION, MAX_TRUNCATION, MIN_HEIGHT
-from perception.evaluation.kitti_io import KittiObjects, read_label_file
+from perception.formats.kitti_labels import (
+    MAX_OCCLUSION,
+    MAX_TRUNCATION,
+    MIN_HEIGHT,
+    KittiObjects,
+    read_label_file,
+)
 
 __all__ = [
     "DIFFICULTY_NAMES",

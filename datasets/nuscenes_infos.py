@@ -31,9 +31,11 @@ from nuscenes.eval.detection.utils import category_to_detection_name
 from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 
+from perception.formats.nuscenes_boxes import boxes_from_devkit
+
 from .gt_database import GTDatabaseEntry, GTObject, write_sample_objects
 from .info_split import build_split, task_result
-from .nuscenes_boxes import boxes_from_devkit
+from .nuscenes_points import load_lidar_points
 from .prep_runner import (
     PrepStats,
     crop_box_points,
@@ -241,8 +243,6 @@ def _sample_task(root: str, version: str, max_sweeps: int, db_dir: str | None, t
     info = make_nuscenes_info(_devkit(root, version), token, max_sweeps)
     entries: list[GTDatabaseEntry] = []
     if db_dir is not None:
-        from .nuscenes import load_lidar_points
-
         keep = info.gt_names != IGNORE
         points = load_lidar_points(Path(root), info, max_sweeps)
         crops = crop_box_points(points, info.gt_boxes[keep])

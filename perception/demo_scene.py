@@ -19,8 +19,8 @@ from nuscenes.utils.splits import create_splits_scenes
 from PIL import Image
 from pyquaternion import Quaternion
 
-from perception.datasets.nuscenes_boxes import boxes_from_devkit
 from perception.evaluation.nuscenes import NuScenesMetrics
+from perception.formats.nuscenes_boxes import boxes_from_devkit
 from perception.structures import CameraRig, Detections, Points, Sample
 
 CAMERA_ORDER = (

@@ -62,7 +62,7 @@ def test_kitti_evaluation_matches_scoring_the_labels(tmp_path: Path) -> None:
     from perception.datasets.kitti_infos import create_kitti_infos, infos_path, load_kitti_infos
     from perception.datasets.synthetic import SyntheticParams, generate
     from perception.evaluation.kitti import evaluate
-    from perception.evaluation.kitti_io import load_label_dirs
+    from perception.formats.kitti_labels import load_label_dirs
 
     root = tmp_path / "kitti"
     generate(SyntheticParams(format="kitti", scenes=3, samples=2, sweeps=0, cameras="front", seed=3), root)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from pyquaternion import Quaternion
 
-from perception.datasets.nuscenes_boxes import boxes_from_devkit, boxes_to_devkit, velocity_known
+from perception.formats.nuscenes_boxes import boxes_from_devkit, boxes_to_devkit, velocity_known
 from perception.structures import Boxes3D, limit_period
 
 

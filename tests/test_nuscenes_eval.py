@@ -18,7 +18,6 @@ from nuscenes.eval.detection.constants import DETECTION_NAMES
 from nuscenes.utils.data_classes import Box
 from pyquaternion import Quaternion
 
-from perception.datasets.nuscenes_boxes import boxes_from_devkit
 from perception.evaluation.nuscenes import (
     MOVING_SPEED,
     NuScenesMetrics,
@@ -27,6 +26,7 @@ from perception.evaluation.nuscenes import (
     format_metrics,
     write_results_json,
 )
+from perception.formats.nuscenes_boxes import boxes_from_devkit
 from perception.structures import Boxes3D, Detections
 
 CLASSES = tuple(DETECTION_NAMES)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from perception.datasets.kitti_calib import KittiCalib, boxes_lidar_to_camera
-from perception.evaluation.kitti_io import KittiObjects, write_result_file
+from perception.formats.kitti_labels import KittiObjects, write_result_file
 from perception.structures import Detections
 from perception.viz import o3d_render
 from perception.viz.detections_io import global_boxes_to_lidar, load_kitti_results, load_nuscenes_results

@@ -183,7 +183,7 @@ def _evaluate_kitti(
     from perception.datasets.kitti_infos import infos_path, load_kitti_infos
     from perception.evaluation.kitti import evaluate as kitti_evaluate
     from perception.evaluation.kitti import format_table
-    from perception.evaluation.kitti_io import load_label_dirs, write_result_file
+    from perception.formats.kitti_labels import load_label_dirs, write_result_file
 
     infos = {i.frame_id: i for i in load_kitti_infos(infos_path(cfg.data.root, split))}
     missing = sorted(set(infos) - set(dets))
@@ -215,7 +215,7 @@ def kitti_objects(dets: Detections, info: Any, class_names: tuple[str, ...]) -> 
     Boxes entirely behind the camera or projecting outside the image are dropped (they cannot be matched).
     """
     from perception.datasets.kitti_calib import boxes_lidar_to_camera
-    from perception.evaluation.kitti_io import KittiObjects
+    from perception.formats.kitti_labels import KittiObjects
 
     boxes = dets.boxes.tensor.double().numpy()
     if len(boxes) == 0:

@@ -47,6 +47,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from perception.formats.kitti_labels import (
+    DIFFICULTIES,
+    MAX_OCCLUSION,
+    MAX_TRUNCATION,
+    MIN_HEIGHT,
+    KittiObjects,
+    load_label_dirs,
+    read_ids,
+    read_label_file,
+    write_result_file,
+)
+
 from . import kitti_match as km
 from .kitti_boxes import (
     BOX_KINDS,
@@ -56,7 +68,6 @@ from .kitti_boxes import (
     image_overlap,
     rotated_overlaps,
 )
-from .kitti_io import KittiObjects, load_label_dirs, read_ids, read_label_file, write_result_file
 
 __all__ = [
     "KittiObjects",
@@ -74,10 +85,6 @@ __all__ = [
     "METRICS",
 ]
 
-DIFFICULTIES = ("easy", "moderate", "hard")
-MIN_HEIGHT = (40.0, 25.0, 25.0)
-MAX_OCCLUSION = (0, 1, 2)
-MAX_TRUNCATION = (0.15, 0.3, 0.5)
 #: Box kinds evaluated, in the order of the overlap tuples below.
 METRICS = BOX_KINDS
 #: Official IoU thresholds ``(image, bev, 3d)`` per lower-case class name.

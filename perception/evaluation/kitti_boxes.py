@@ -14,10 +14,9 @@ import numpy as np
 import torch
 from numba import njit
 
+from perception.formats.kitti_labels import KittiObjects
 from perception.ops.iou3d_cpu import MAX_VERTS, pair_iou
 from perception.ops.iou3d_torch import box_params
-
-from .kitti_io import KittiObjects
 
 __all__ = [
     "image_overlap",

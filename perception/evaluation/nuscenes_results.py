@@ -43,7 +43,7 @@ from nuscenes.eval.common.config import config_factory
 from nuscenes.eval.detection.constants import ATTRIBUTE_NAMES, DETECTION_NAMES
 from pyquaternion import Quaternion
 
-from perception.datasets.nuscenes_boxes import boxes_to_devkit
+from perception.formats.nuscenes_boxes import boxes_to_devkit
 from perception.io_atomic import atomic_write_text
 from perception.structures import Detections
 

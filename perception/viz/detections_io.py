@@ -10,7 +10,7 @@ is level to within the ego vehicle's pitch and roll, as in the forward conversio
 ``(N, 9)`` ``[x, y, z, dx = l, dy = w, dz = h, yaw, vx, vy]``.
 
 KITTI: a folder of result files ``<frame_id>.txt`` (16 columns, the last the score; the format of
-:mod:`perception.evaluation.kitti_io`), converted with the frame's calibration by
+:mod:`perception.formats.kitti_labels`), converted with the frame's calibration by
 :func:`perception.datasets.kitti_calib.boxes_camera_to_lidar` into ``(N, 7)`` boxes. Class names match
 ``class_names`` case-insensitively, as the KITTI evaluation does.
 
@@ -184,7 +184,7 @@ def load_kitti_results(
         ValueError: ``folder`` is not a folder, or a file is malformed or has no score column.
     """
     from perception.datasets.kitti_calib import boxes_camera_to_lidar
-    from perception.evaluation.kitti_io import read_label_file
+    from perception.formats.kitti_labels import read_label_file
 
     root = Path(folder)
     if not root.is_dir():

@@ -13,6 +13,10 @@ File format (one object per line, whitespace separated; the KITTI object devkit'
 * ``rotation_y``: yaw about the camera's y axis in radians; ``score``: detection confidence (results only).
 
 Label files have 15 columns, result files 16. ``DontCare`` regions carry ``-1`` sizes and ``-1000`` locations.
+
+The official difficulty levels (:data:`DIFFICULTIES` with :data:`MIN_HEIGHT`, :data:`MAX_OCCLUSION`,
+:data:`MAX_TRUNCATION`, the KITTI devkit's thresholds) live here too: the evaluation (:mod:`perception.evaluation`)
+and the info creation (:mod:`perception.datasets.kitti_calib`) both read them from this one place.
 """
 
 from __future__ import annotations
@@ -27,6 +31,13 @@ import numpy as np
 
 __all__ = ["KittiObjects", "read_label_file", "write_result_file", "read_ids", "load_label_dirs"]
 
+DIFFICULTIES = ("easy", "moderate", "hard")
+MIN_HEIGHT = (40.0, 25.0, 25.0)
+"""Minimum 2D box height in pixels per difficulty."""
+MAX_OCCLUSION = (0, 1, 2)
+"""Maximum occlusion level per difficulty."""
+MAX_TRUNCATION = (0.15, 0.3, 0.5)
+"""Maximum truncation per difficulty."""
 _NUM_LABEL_COLS = 15
 _NUM_RESULT_COLS = 16
 

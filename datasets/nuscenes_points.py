@@ -1,0 +1,52 @@
+"""nuScenes point loading: a keyframe scan plus its sweeps, merged into the keyframe's LiDAR frame.
+
+Used by the dataset (:mod:`.nuscenes`) and by info creation (:mod:`.nuscenes_infos`, for the GT database); it
+imports neither of them (it reads the info record's ``lidar_path`` / ``sweeps`` / ``token`` only), so the two do
+not import each other.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from .points_io import NUSCENES_CHANNELS, load_scan
+
+if TYPE_CHECKING:
+    from .nuscenes_infos import NuScenesInfo
+
+__all__ = ["EGO_RADIUS", "load_lidar_points"]
+
+logger = logging.getLogger("perception.datasets.nuscenes")  # the dataset's logger: users filter on it
+
+#: Sweep points with ``|x| < EGO_RADIUS`` and ``|y| < EGO_RADIUS`` (sensor frame, m) are the ego vehicle's own.
+EGO_RADIUS = 1.0
+
+
+def load_lidar_points(
+    root: Path, info: NuScenesInfo, max_sweeps: int, missing_sweeps: Literal["error", "skip"] = "error"
+) -> np.ndarray:
+    """Keyframe + up to ``max_sweeps - 1`` sweeps in the keyframe LiDAR frame: float32 ``(N, 5)``
+    ``[x, y, z, intensity, time_lag]``, keyframe points first, then sweeps newest first."""
+    key = load_scan(root / info.lidar_path, NUSCENES_CHANNELS, keep=4)
+    parts = [np.concatenate([key, np.zeros((len(key), 1), np.float32)], axis=1)]
+    for sweep in info.sweeps[: max_sweeps - 1]:
+        path = root / sweep.path
+        if not path.is_file():
+            if missing_sweeps == "skip":
+                logger.warning("sample %s: sweep file %s is missing; skipped", info.token, path)
+                continue
+            raise FileNotFoundError(
+                f"sample {info.token}: sweep file not found: {path} (download the sweeps, use max_sweeps=1, "
+                "or missing_sweeps='skip')"
+            )
+        pts = load_scan(path, NUSCENES_CHANNELS, keep=4).astype(np.float64)
+        pts = pts[~((np.abs(pts[:, 0]) < EGO_RADIUS) & (np.abs(pts[:, 1]) < EGO_RADIUS))]
+        t = sweep.sensor_to_lidar
+        pts[:, :3] = pts[:, :3] @ t[:3, :3].T + t[:3, 3]
+        lag = np.full((len(pts), 1), sweep.time_lag)
+        parts.append(np.concatenate([pts, lag], axis=1).astype(np.float32))
+    return np.ascontiguousarray(np.concatenate(parts))
