@@ -9,8 +9,8 @@ half-open ``[lo, hi)`` on x, y and z, as in :meth:`perception.structures.Points.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -19,8 +19,15 @@ from perception.structures import Points, Sample
 
 __all__ = ["DetectionDataset", "Mode", "Transform", "check_mode"]
 
+
 #: A sample transform ``t(sample, rng) -> sample``; ``rng`` is the sample's own generator.
-Transform = Callable[[Sample, np.random.Generator], Sample]
+@runtime_checkable
+class Transform(Protocol):
+    """What every transform provides: ``sample, rng -> sample`` (the one definition; :mod:`.transforms` uses it)."""
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample: ...
+
+
 Mode = Literal["train", "val", "test"]
 
 

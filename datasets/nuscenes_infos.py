@@ -32,6 +32,7 @@ from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 
 from perception.formats.nuscenes_boxes import boxes_from_devkit
+from perception.formats.nuscenes_names import CAMERA_ORDER, NUSCENES_POINT_CHANNELS
 
 from .gt_database import GTDatabaseEntry, GTObject, write_sample_objects
 from .info_split import build_split, task_result
@@ -61,15 +62,6 @@ __all__ = [
 FORMAT_VERSION = 1
 _FORMAT = "perception.nuscenes_infos"
 IGNORE = "ignore"
-NUSCENES_POINT_CHANNELS = ("x", "y", "z", "intensity", "time_lag")
-CAMERA_ORDER = (
-    "CAM_FRONT_LEFT",
-    "CAM_FRONT",
-    "CAM_FRONT_RIGHT",
-    "CAM_BACK_LEFT",
-    "CAM_BACK",
-    "CAM_BACK_RIGHT",
-)
 
 
 @dataclass

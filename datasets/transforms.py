@@ -22,13 +22,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Sequence
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from perception.structures import Sample
 
+from .base import Transform
 from .cbgs import ClassBalancedSampler, class_balanced_indices
 from .gt_sampling import GTSampling
 
@@ -47,13 +47,6 @@ __all__ = [
     "class_balanced_indices",
     "apply_lidar_transform",
 ]
-
-
-@runtime_checkable
-class Transform(Protocol):
-    """What every transform provides."""
-
-    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample: ...
 
 
 def _check_range(name: str, value: Sequence[float], *, positive: bool = False) -> tuple[float, float]:

@@ -21,16 +21,8 @@ from pyquaternion import Quaternion
 
 from perception.evaluation.nuscenes import NuScenesMetrics
 from perception.formats.nuscenes_boxes import boxes_from_devkit
+from perception.formats.nuscenes_names import CAMERA_ORDER
 from perception.structures import CameraRig, Detections, Points, Sample
-
-CAMERA_ORDER = (
-    "CAM_FRONT_LEFT",
-    "CAM_FRONT",
-    "CAM_FRONT_RIGHT",
-    "CAM_BACK_LEFT",
-    "CAM_BACK",
-    "CAM_BACK_RIGHT",
-)
 
 
 @dataclass

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from perception._validate import check_tensor
+from perception.formats.nuscenes_names import NUSCENES_CLASSES
 from perception.grid import VoxelGrid
 from perception.models.losses import gaussian_focal_loss, weighted_l1_loss
 from perception.shapes import MapShape
@@ -43,18 +44,6 @@ __all__ = [
     "SeparateHead",
 ]
 
-NUSCENES_CLASSES: tuple[str, ...] = (
-    "car",
-    "truck",
-    "construction_vehicle",
-    "bus",
-    "trailer",
-    "barrier",
-    "motorcycle",
-    "bicycle",
-    "pedestrian",
-    "traffic_cone",
-)
 NUSCENES_TASKS: tuple[tuple[str, ...], ...] = (
     ("car",),
     ("truck", "construction_vehicle"),
