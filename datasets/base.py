@@ -3,8 +3,9 @@ and the point-cloud-range masks.
 
 A dataset subclasses :class:`DetectionDataset`, stores its records in ``self.infos``, calls
 :meth:`DetectionDataset._setup_common` in ``__init__`` and, in ``__getitem__``,
-:meth:`~DetectionDataset._check_index` first and :meth:`~DetectionDataset._apply_transforms` last. Ranges are
-half-open ``[lo, hi)`` on x, y and z, as in :meth:`perception.structures.Points.in_range_mask` and the voxelizer.
+:meth:`~DetectionDataset._check_index` first and :meth:`~DetectionDataset._apply_transforms` last. The range is
+the model's :class:`~perception.grid.VoxelGrid` and its one membership rule (:meth:`VoxelGrid.contains`, the
+voxelizer's).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from perception.grid import VoxelGrid
 from perception.structures import Points, Sample
 
 __all__ = ["DetectionDataset", "Mode", "Transform", "check_mode"]
@@ -41,13 +43,13 @@ def check_mode(mode: Any) -> Mode:
 class DetectionDataset(torch.utils.data.Dataset[Sample]):
     """Base of the driving datasets: ``len``, ``set_epoch``, per-sample seeded transforms and range masks.
 
-    Attributes set by :meth:`_setup_common`: ``class_names`` (tuple of str), ``point_cloud_range`` (6 floats,
-    metres), ``mode``, ``transforms`` (list), ``seed`` and ``epoch`` (0). Subclasses set ``infos`` (a list).
+    Attributes set by :meth:`_setup_common`: ``class_names`` (tuple of str), ``grid`` (the voxel grid whose range
+    points and boxes are kept in), ``mode``, ``transforms`` (list), ``seed`` and ``epoch`` (0). Subclasses set ``infos`` (a list).
     """
 
     infos: Sequence[Any]
     class_names: tuple[str, ...]
-    point_cloud_range: tuple[float, ...]
+    grid: VoxelGrid
     mode: Mode
     transforms: list[Transform]
     seed: int
@@ -57,7 +59,7 @@ class DetectionDataset(torch.utils.data.Dataset[Sample]):
         self,
         *,
         class_names: Sequence[str],
-        point_cloud_range: Sequence[float],
+        grid: VoxelGrid,
         mode: Mode,
         transforms: Sequence[Transform],
         seed: int,
@@ -66,10 +68,11 @@ class DetectionDataset(torch.utils.data.Dataset[Sample]):
         self.class_names = tuple(class_names)
         if not self.class_names or len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"class_names must be non-empty and unique, got {self.class_names}")
-        self.point_cloud_range = tuple(float(v) for v in point_cloud_range)
-        Points(torch.zeros(0, 3), ("x", "y", "z")).in_range_mask(
-            self.point_cloud_range
-        )  # validates the range
+        if not isinstance(grid, VoxelGrid):
+            raise TypeError(
+                f"grid must be a perception.grid.VoxelGrid (cfg.data.grid), got {type(grid).__name__}"
+            )
+        self.grid = grid
         self.mode = check_mode(mode)
         self.transforms = list(transforms)
         self.seed, self.epoch = seed, 0
@@ -90,14 +93,12 @@ class DetectionDataset(torch.utils.data.Dataset[Sample]):
             raise IndexError(f"index {index} out of range for {len(self.infos)} samples")
 
     def _points_in_range(self, points: Points) -> Points:
-        """The points inside ``point_cloud_range``."""
-        return points.select(points.in_range_mask(self.point_cloud_range))
+        """The points inside the grid."""
+        return points.select(points.in_range_mask(self.grid))
 
     def _centres_in_range(self, centres: np.ndarray) -> np.ndarray:
         """bool ``(K,)``: which of the ``(K, >=3)`` box centres (x, y, z in metres) lie inside the range."""
-        lo, hi = np.asarray(self.point_cloud_range[:3]), np.asarray(self.point_cloud_range[3:])
-        xyz = centres[:, :3]
-        return ((xyz >= lo) & (xyz < hi)).all(axis=1)
+        return self.grid.contains(centres)
 
     def _apply_transforms(self, sample: Sample, index: int) -> Sample:
         """Run the transforms in order with a generator seeded by (``seed``, ``epoch``, ``index``)."""

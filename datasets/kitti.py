@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from perception.grid import VoxelGrid
 from perception.structures import Boxes3D, CameraRig, Points, Sample
 
 from .base import DetectionDataset, Mode, Transform, check_mode
@@ -39,7 +40,8 @@ class KittiDataset(DetectionDataset):
         root: the KITTI root (default: the info file's folder).
         split: ``train`` / ``val`` / ``test`` (when ``infos_path`` is None).
         class_names: detector classes (KITTI names, e.g. ``Car``); label ``i`` is ``class_names[i]``.
-        point_cloud_range: ``(x0, y0, z0, x1, y1, z1)`` metres in the Velodyne frame.
+        grid: the model's voxel grid (``cfg.data.grid``, a :class:`~perception.grid.VoxelGrid`); points and box
+            centres outside it (Velodyne frame) are dropped, by the voxelizer's rule.
         max_sweeps: must be 1 (KITTI has single scans); accepted so configs can pass ``DataConfig`` fields.
         use_cameras: load ``image_2`` and its :class:`CameraRig`.
         mode: ``train`` (transforms, ``min_points_in_gt``), ``val`` (ground truth) or ``test`` (no ground truth).
@@ -54,7 +56,7 @@ class KittiDataset(DetectionDataset):
         self,
         *,
         class_names: Sequence[str],
-        point_cloud_range: Sequence[float],
+        grid: VoxelGrid,
         infos_path: str | os.PathLike[str] | None = None,
         root: str | os.PathLike[str] | None = None,
         split: str | None = None,
@@ -80,7 +82,7 @@ class KittiDataset(DetectionDataset):
         self.root = Path(root) if root is not None else Path(infos_path).parent
         self._setup_common(
             class_names=class_names,
-            point_cloud_range=point_cloud_range,
+            grid=grid,
             mode=mode,
             transforms=transforms,
             seed=seed,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from perception.grid import VoxelGrid
 from perception.structures import Boxes3D, CameraRig, Points, Sample
 
 from .base import DetectionDataset, Mode, Transform, check_mode
@@ -50,7 +51,8 @@ class NuScenesDataset(DetectionDataset):
         version, split, info_sweeps: which info file when ``infos_path`` is None (``split`` ``train`` / ``val``;
             ``info_sweeps`` the ``--max-sweeps`` it was built with, default ``max_sweeps``).
         class_names: detector classes (nuScenes detection names); label ``i`` is ``class_names[i]``.
-        point_cloud_range: ``(x0, y0, z0, x1, y1, z1)`` metres in the LiDAR frame.
+        grid: the model's voxel grid (``cfg.data.grid``, a :class:`~perception.grid.VoxelGrid`); points and box
+            centres outside it (LiDAR frame) are dropped, by the voxelizer's rule.
         max_sweeps: sweeps per sample including the keyframe (<= what the infos hold).
         use_cameras: load the camera images and their :class:`CameraRig` (all cameras must share one size).
         mode: ``train`` (transforms, ``min_points_in_gt``), ``val`` (ground truth, transforms as given) or
@@ -65,7 +67,7 @@ class NuScenesDataset(DetectionDataset):
         self,
         *,
         class_names: Sequence[str],
-        point_cloud_range: Sequence[float],
+        grid: VoxelGrid,
         infos_path: str | os.PathLike[str] | None = None,
         root: str | os.PathLike[str] | None = None,
         version: str | None = None,
@@ -96,7 +98,7 @@ class NuScenesDataset(DetectionDataset):
         self.root = Path(root) if root is not None else Path(infos_path).parent
         self._setup_common(
             class_names=class_names,
-            point_cloud_range=point_cloud_range,
+            grid=grid,
             mode=mode,
             transforms=transforms,
             seed=seed,

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from perception.grid import VoxelGrid
 from perception.structures import Sample
 
 from .base import Transform
@@ -59,15 +60,6 @@ def _check_range(name: str, value: Sequence[float], *, positive: bool = False) -
     if positive and lo <= 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
     return lo, hi
-
-
-def _check_point_range(name: str, value: Sequence[float]) -> tuple[float, ...]:
-    r = tuple(float(v) for v in value)
-    if len(r) != 6 or not all(math.isfinite(v) for v in r) or not all(r[i] < r[i + 3] for i in range(3)):
-        raise ValueError(
-            f"{name} must be (x_min, y_min, z_min, x_max, y_max, z_max) with min < max, got {value!r}"
-        )
-    return r
 
 
 def apply_lidar_transform(sample: Sample, transform: torch.Tensor) -> Sample:
@@ -180,18 +172,21 @@ class PointShuffle:
 
 
 class PointRangeFilter:
-    """Keep points with ``min <= coordinate < max`` on x, y **and** z (non-finite points are dropped).
+    """Keep the points inside the voxel grid on x, y **and** z (:meth:`VoxelGrid.contains`, the voxelizer's rule:
+    a kept point always lands in a voxel); non-finite points are dropped.
 
     Args:
-        point_range: ``(x_min, y_min, z_min, x_max, y_max, z_max)`` metres (the voxelizer's range).
+        grid: the model's voxel grid (``cfg.data.grid``).
     """
 
-    def __init__(self, point_range: Sequence[float]) -> None:
-        self.point_range = _check_point_range("PointRangeFilter.point_range", point_range)
+    def __init__(self, grid: VoxelGrid) -> None:
+        if not isinstance(grid, VoxelGrid):
+            raise TypeError(f"PointRangeFilter needs a perception.grid.VoxelGrid, got {type(grid).__name__}")
+        self.grid = grid
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         return dataclasses.replace(
-            sample, points=sample.points.select(sample.points.in_range_mask(self.point_range))
+            sample, points=sample.points.select(sample.points.in_range_mask(self.grid))
         )
 
 
@@ -204,20 +199,18 @@ class ObjectRangeFilter:
     their centre is inside.
 
     Args:
-        point_range: ``(x_min, y_min, z_min, x_max, y_max, z_max)`` metres.
-        use_z: also require ``z_min <= z < z_max`` (default False, as OpenPCDet and mmdetection3d).
+        grid: the model's voxel grid (``cfg.data.grid``); the rule is :meth:`VoxelGrid.contains`.
+        use_z: also require the centre inside the grid along z (default False, as OpenPCDet and mmdetection3d).
     """
 
-    def __init__(self, point_range: Sequence[float], use_z: bool = False) -> None:
-        self.point_range = _check_point_range("ObjectRangeFilter.point_range", point_range)
+    def __init__(self, grid: VoxelGrid, use_z: bool = False) -> None:
+        if not isinstance(grid, VoxelGrid):
+            raise TypeError(f"ObjectRangeFilter needs a perception.grid.VoxelGrid, got {type(grid).__name__}")
+        self.grid = grid
         self.use_z = bool(use_z)
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        dims = 3 if self.use_z else 2
-        c = sample.boxes.center[:, :dims]
-        lo = torch.tensor(self.point_range[:dims]).to(c)
-        hi = torch.tensor(self.point_range[3 : 3 + dims]).to(c)
-        keep = ((c >= lo) & (c < hi)).all(dim=1)
+        keep = self.grid.contains(sample.boxes.center, use_z=self.use_z)
         return dataclasses.replace(sample, boxes=sample.boxes.select(keep), labels=sample.labels[keep])
 
 

@@ -22,6 +22,7 @@ from pyquaternion import Quaternion
 from perception.evaluation.nuscenes import NuScenesMetrics
 from perception.formats.nuscenes_boxes import boxes_from_devkit
 from perception.formats.nuscenes_names import CAMERA_ORDER
+from perception.grid import VoxelGrid
 from perception.structures import CameraRig, Detections, Points, Sample
 
 
@@ -178,10 +179,10 @@ def write_pictures(
     return bev, cams
 
 
-def summarize(loaded: LoadedSample, point_range: Sequence[float], t_generate: float, t_load: float) -> str:
+def summarize(loaded: LoadedSample, grid: VoxelGrid, t_generate: float, t_load: float) -> str:
     """Markdown tables: dataset size, the loaded sample, and boxes per class with their LiDAR points."""
     s = loaded.sample
-    in_range = int(s.points.in_range_mask(point_range).sum())
+    in_range = int(s.points.in_range_mask(grid).sum())
     lines = [
         "| dataset table | records |",
         "|---|---:|",

@@ -146,25 +146,28 @@ class VoxelGrid:
                     f"voxel_size {v:g} m (within {tolerance:g} m): {(b - a) / v:g} voxels"
                 )
 
-    def contains(self, xyz: Any) -> Any:
+    def contains(self, xyz: Any, *, use_z: bool = True) -> Any:
         """bool mask ``(N,)``: which of the ``(N, >=3)`` points (x, y, z metres) lie inside the grid.
 
         Accepts a numpy array (returns a numpy mask) or a torch tensor (returns a tensor on its device). The rule
-        is the voxelizer's (module docstring): float32 index ``floor((p - lo) / size)`` in ``[0, n)``.
+        is the voxelizer's (module docstring): float32 index ``floor((p - lo) / size)`` in ``[0, n)``; with
+        ``use_z=False`` only x and y are checked (``(N, >=2)`` input), as for box centres and pillars.
         """
+        d = 3 if use_z else 2
+        lo, size, n = self.lo[:d], self.size[:d], self.shape_xyz[:d]
         if hasattr(xyz, "detach"):  # torch, without importing it here
-            p = xyz[:, :3].float()
-            lo, size = p.new_tensor(self.lo), p.new_tensor(self.size)
-            n = p.new_tensor(self.shape_xyz)
-            idx = ((p - lo) / size).floor()
-            return ((idx >= 0) & (idx < n)).all(dim=1)
+            if xyz.ndim != 2 or xyz.shape[1] < d:
+                raise ValueError(f"points must have shape (N, >={d}), got {tuple(xyz.shape)}")
+            p = xyz[:, :d].float()
+            idx = ((p - p.new_tensor(lo)) / p.new_tensor(size)).floor()
+            return ((idx >= 0) & (idx < p.new_tensor(n))).all(dim=1)
         p = np.asarray(xyz)
-        if p.ndim != 2 or p.shape[1] < 3:
-            raise ValueError(f"points must have shape (N, >=3), got {p.shape}")
-        p32 = p[:, :3].astype(np.float32)
+        if p.ndim != 2 or p.shape[1] < d:
+            raise ValueError(f"points must have shape (N, >={d}), got {p.shape}")
+        p32 = p[:, :d].astype(np.float32)
         with np.errstate(invalid="ignore"):
-            idx = np.floor((p32 - np.float32(self.lo)) / np.float32(self.size))
-            return ((idx >= 0) & (idx < np.asarray(self.shape_xyz))).all(axis=1)
+            idx = np.floor((p32 - np.float32(lo)) / np.float32(size))
+            return ((idx >= 0) & (idx < np.asarray(n))).all(axis=1)
 
     def __repr__(self) -> str:
         return f"VoxelGrid(point_cloud_range={self.point_cloud_range}, voxel_size={self.voxel_size}, shape={self.shape})"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from perception._validate import check_tensor
+from perception.grid import VoxelGrid
 
 
 @dataclass
@@ -148,15 +149,10 @@ class Points:
         """bool ``(N,)``: every channel of the point is finite."""
         return torch.isfinite(self.tensor).all(dim=1)
 
-    def in_range_mask(self, point_range: Sequence[float]) -> torch.Tensor:
-        """bool ``(N,)``: ``min <= p < max`` on x, y **and** z, for ``point_range`` = (x0, y0, z0, x1, y1, z1).
-
-        Non-finite points are outside. The half-open interval matches the voxelizer (a point on the upper border
-        would fall in a voxel outside the grid).
-        """
-        lo, hi = _split_range(point_range)
-        xyz = self.xyz
-        return ((xyz >= lo.to(xyz)) & (xyz < hi.to(xyz))).all(dim=1)
+    def in_range_mask(self, grid: VoxelGrid) -> torch.Tensor:
+        """bool ``(N,)``: the points inside ``grid`` on x, y **and** z (:meth:`VoxelGrid.contains`: exactly the
+        points the voxelizer keeps). Non-finite points are outside."""
+        return grid.contains(self.xyz)
 
     # Global transforms (used by augmentation); all return new objects.
     def rotate(self, angle: float) -> Points:
@@ -646,17 +642,6 @@ def _as_vec3(offset: Sequence[float] | torch.Tensor, like: torch.Tensor) -> torc
     if vec.shape != (3,):
         raise ValueError(f"offset must have 3 values (dx, dy, dz), got shape {tuple(vec.shape)}")
     return vec
-
-
-def _split_range(point_range: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    r = torch.as_tensor(point_range, dtype=torch.float32)
-    if r.shape != (6,):
-        raise ValueError(
-            f"point_range must be (x_min, y_min, z_min, x_max, y_max, z_max), got {list(r.shape)}"
-        )
-    if not bool((r[:3] < r[3:]).all()):
-        raise ValueError(f"point_range needs min < max on every axis, got {r.tolist()}")
-    return r[:3], r[3:]
 
 
 @dataclass

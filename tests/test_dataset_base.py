@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from perception.datasets.base import DetectionDataset, check_mode
+from perception.grid import VoxelGrid
 from perception.structures import Boxes3D, Points, Sample
 
 RANGE = (-10.0, -10.0, -2.0, 10.0, 10.0, 4.0)
@@ -19,7 +20,7 @@ class _Tiny(DetectionDataset):
         self.infos = ["a", "b", "c"]
         args = {
             "class_names": ("car",),
-            "point_cloud_range": RANGE,
+            "grid": VoxelGrid(RANGE, (0.5, 0.5, 0.5)),
             "mode": "train",
             "transforms": (),
             "seed": 0,
@@ -57,7 +58,7 @@ class _Record:
 
 def test_len_index_and_point_range() -> None:
     ds = _Tiny()
-    assert len(ds) == 3 and ds.epoch == 0 and ds.point_cloud_range == RANGE
+    assert len(ds) == 3 and ds.epoch == 0 and ds.grid.point_cloud_range == RANGE
     s = ds[1]
     assert s.token == "b" and s.points.tensor.tolist() == [
         [0.0, 0.0, 0.0]
@@ -99,12 +100,11 @@ def test_set_epoch_forwarding_and_seeded_transforms() -> None:
         ({"class_names": ()}, "class_names must be non-empty and unique"),
         ({"class_names": ("car", "car")}, "class_names must be non-empty and unique"),
         ({"mode": "eval"}, "mode must be 'train', 'val' or 'test'"),
-        ({"point_cloud_range": (0, 0, 0, 1, 1)}, "range"),
-        ({"point_cloud_range": (0, 0, 0, -1, 1, 1)}, "range"),
+        ({"grid": (0, 0, 0, 1, 1, 1)}, "grid must be a perception.grid.VoxelGrid"),
     ],
 )
 def test_bad_arguments(kw: dict[str, object], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         _Tiny(**kw)
 
 

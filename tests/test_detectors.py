@@ -71,7 +71,7 @@ def _samples(root: Path, cfg, max_sweeps: int = 1) -> NuScenesDataset:
         info_sweeps=2,
         max_sweeps=max_sweeps,
         class_names=cfg.data.class_names,
-        point_cloud_range=cfg.data.point_cloud_range,
+        grid=cfg.data.grid,
         mode="val",
     )
 

@@ -24,6 +24,7 @@ from perception.datasets.synthetic import SyntheticParams, generate
 from perception.datasets.synthetic import kitti_writer as kw
 from perception.datasets.synthetic.geometry import invert_pose, transform_points
 from perception.datasets.synthetic.lidar import KITTI_LIDAR_MOUNT
+from perception.grid import VoxelGrid
 from perception.ops.points_in_boxes import points_in_boxes
 from perception.structures import Batch
 
@@ -121,7 +122,9 @@ def test_difficulty_levels() -> None:
 
 
 def test_dataset_points_boxes_fov_range(root: Path) -> None:
-    ds = KittiDataset(root=root, split="train", class_names=CLASSES, point_cloud_range=RANGE, mode="val")
+    ds = KittiDataset(
+        root=root, split="train", class_names=CLASSES, grid=VoxelGrid(RANGE, (0.1, 0.1, 0.2)), mode="val"
+    )
     assert len(ds) == 2
     s = ds[0]
     info = ds.infos[0]
@@ -136,13 +139,20 @@ def test_dataset_points_boxes_fov_range(root: Path) -> None:
     assert [CLASSES[i] for i in s.labels] == list(a.names[keep])
     # num_points_in_gt are the FOV points in each box (range-unfiltered dataset points)
     full = KittiDataset(
-        root=root, split="train", class_names=CLASSES, point_cloud_range=(-200, -200, -50, 200, 200, 50)
+        root=root,
+        split="train",
+        class_names=CLASSES,
+        grid=VoxelGrid((-200, -200, -50, 200, 200, 50), (0.1, 0.1, 0.2)),
     )
     _, counts = points_in_boxes(full[0].points.tensor, torch.from_numpy(a.boxes_lidar))
     np.testing.assert_array_equal(counts.numpy(), a.num_points_in_gt)
     # without the FOV filter the scan has points behind the car
     nofov = KittiDataset(
-        root=root, split="train", class_names=CLASSES, point_cloud_range=RANGE, fov_filter=False
+        root=root,
+        split="train",
+        class_names=CLASSES,
+        grid=VoxelGrid(RANGE, (0.1, 0.1, 0.2)),
+        fov_filter=False,
     )
     assert len(nofov[0].points) > len(s.points)
 
@@ -163,7 +173,7 @@ def test_dataset_cameras_collate_modes_epoch(root: Path) -> None:
         root=root,
         split="train",
         class_names=CLASSES,
-        point_cloud_range=RANGE,
+        grid=VoxelGrid(RANGE, (0.1, 0.1, 0.2)),
         use_cameras=True,
         transforms=[rec],
     )
@@ -180,19 +190,33 @@ def test_dataset_cameras_collate_modes_epoch(root: Path) -> None:
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=Batch.collate)))
     assert batch.batch_size == 2 and batch.images is not None
     assert ds.info_class_names(0) == {CLASSES[i] for i in ds[0].labels.tolist()} != set()
-    test = KittiDataset(root=root, split="test", class_names=CLASSES, point_cloud_range=RANGE, mode="test")
+    test = KittiDataset(
+        root=root, split="test", class_names=CLASSES, grid=VoxelGrid(RANGE, (0.1, 0.1, 0.2)), mode="test"
+    )
     assert len(test[0].boxes) == 0 and len(test[0].points) > 0 and test.info_class_names(0) == set()
     with pytest.raises(ValueError, match="mode='test'"):
-        KittiDataset(root=root, split="test", class_names=CLASSES, point_cloud_range=RANGE, mode="val")
+        KittiDataset(
+            root=root, split="test", class_names=CLASSES, grid=VoxelGrid(RANGE, (0.1, 0.1, 0.2)), mode="val"
+        )
     with pytest.raises(ValueError, match="max_sweeps"):
-        KittiDataset(root=root, split="train", class_names=CLASSES, point_cloud_range=RANGE, max_sweeps=2)
+        KittiDataset(
+            root=root,
+            split="train",
+            class_names=CLASSES,
+            grid=VoxelGrid(RANGE, (0.1, 0.1, 0.2)),
+            max_sweeps=2,
+        )
 
 
 def test_min_points_filter_and_gt_database(root: Path) -> None:
     from perception.datasets.gt_database import GTDatabase
 
     ds = KittiDataset(
-        root=root, split="train", class_names=CLASSES, point_cloud_range=RANGE, min_points_in_gt=1
+        root=root,
+        split="train",
+        class_names=CLASSES,
+        grid=VoxelGrid(RANGE, (0.1, 0.1, 0.2)),
+        min_points_in_gt=1,
     )
     a = ds.infos[0].annos
     assert (a.num_points_in_gt[np.isin(a.names, CLASSES)] == 0).any(), "fixture should have an empty box"
@@ -221,7 +245,10 @@ def _bad_root(root: Path, tmp_path: Path) -> Path:
 def test_bad_input(root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     bad = _bad_root(root, tmp_path)
     kw_ = dict(
-        infos_path=root / "kitti_infos_train.pkl", root=bad, class_names=CLASSES, point_cloud_range=RANGE
+        infos_path=root / "kitti_infos_train.pkl",
+        root=bad,
+        class_names=CLASSES,
+        grid=VoxelGrid(RANGE, (0.1, 0.1, 0.2)),
     )
     velo = bad / "training" / "velodyne" / "000000.bin"
     pts = np.fromfile(velo, dtype="<f4").reshape(-1, 4)

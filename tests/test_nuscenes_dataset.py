@@ -19,6 +19,7 @@ from perception.datasets.nuscenes import NuScenesDataset, load_lidar_points
 from perception.datasets.nuscenes_infos import create_nuscenes_infos, gt_database_dir, infos_path
 from perception.datasets.synthetic import SyntheticParams, generate
 from perception.datasets.synthetic.classes import CLASSES
+from perception.grid import VoxelGrid
 from perception.ops.points_in_boxes import points_in_boxes
 from perception.structures import Batch
 
@@ -52,7 +53,7 @@ def _dataset(root: Path, **kw: object) -> NuScenesDataset:
         split="train",
         info_sweeps=SWEEPS,
         class_names=NAMES,
-        point_cloud_range=RANGE,
+        grid=VoxelGrid(RANGE, (0.1, 0.1, 0.2)),
     )
     args.update(kw)
     return NuScenesDataset(**args)  # type: ignore[arg-type]
@@ -89,7 +90,7 @@ def test_infos_match_devkit(root: Path, nusc: NuScenes) -> None:
 
 
 def test_keyframe_points_in_boxes_equal_num_lidar_pts(root: Path) -> None:
-    ds = _dataset(root, max_sweeps=1, point_cloud_range=WIDE, mode="val")
+    ds = _dataset(root, max_sweeps=1, grid=VoxelGrid(WIDE, (0.1, 0.1, 0.2)), mode="val")
     for i, info in enumerate(ds.infos):
         s = ds[i]
         assert (s.points.channel("time_lag") == 0).all()
@@ -98,7 +99,7 @@ def test_keyframe_points_in_boxes_equal_num_lidar_pts(root: Path) -> None:
 
 
 def test_multisweep_points_match_devkit(root: Path, nusc: NuScenes) -> None:
-    ds = _dataset(root, max_sweeps=SWEEPS, point_cloud_range=WIDE)
+    ds = _dataset(root, max_sweeps=SWEEPS, grid=VoxelGrid(WIDE, (0.1, 0.1, 0.2)))
     info = ds.infos[2]
     ours = load_lidar_points(root, info, SWEEPS)
     pc, times = LidarPointCloud.from_file_multisweep(
@@ -201,14 +202,16 @@ def test_missing_sweeps_and_bad_files(root: Path, tmp_path: Path, caplog: pytest
     bad.mkdir()
     shutil.copytree(root / "samples" / "LIDAR_TOP", bad / "samples" / "LIDAR_TOP")
     path = infos_path(root, VERSION, SWEEPS, "train")
-    ds = NuScenesDataset(infos_path=path, root=bad, class_names=NAMES, point_cloud_range=RANGE, max_sweeps=3)
+    ds = NuScenesDataset(
+        infos_path=path, root=bad, class_names=NAMES, grid=VoxelGrid(RANGE, (0.1, 0.1, 0.2)), max_sweeps=3
+    )
     with pytest.raises(FileNotFoundError, match=r"sweep file not found: .*sweeps/LIDAR_TOP"):
         ds[0]
     skip = NuScenesDataset(
         infos_path=path,
         root=bad,
         class_names=NAMES,
-        point_cloud_range=RANGE,
+        grid=VoxelGrid(RANGE, (0.1, 0.1, 0.2)),
         max_sweeps=3,
         missing_sweeps="skip",
     )
@@ -216,7 +219,9 @@ def test_missing_sweeps_and_bad_files(root: Path, tmp_path: Path, caplog: pytest
         s = skip[0]
     assert (s.points.channel("time_lag") == 0).all() and len(s.points) > 0
     assert sum("is missing; skipped" in r.getMessage() for r in caplog.records) == 2
-    one = NuScenesDataset(infos_path=path, root=bad, class_names=NAMES, point_cloud_range=WIDE, max_sweeps=1)
+    one = NuScenesDataset(
+        infos_path=path, root=bad, class_names=NAMES, grid=VoxelGrid(WIDE, (0.1, 0.1, 0.2)), max_sweeps=1
+    )
     key = bad / one.infos[0].lidar_path
     n = len(one[0].points)
     pts = np.fromfile(key, dtype="<f4").reshape(-1, 5)
@@ -235,7 +240,7 @@ def test_missing_sweeps_and_bad_files(root: Path, tmp_path: Path, caplog: pytest
     with pytest.raises(ValueError, match=r"24 bytes is not a multiple of 20"):
         one[0]
     with pytest.raises(ValueError, match="not a nuScenes info file"):
-        NuScenesDataset(infos_path=_junk(tmp_path), class_names=NAMES, point_cloud_range=RANGE)
+        NuScenesDataset(infos_path=_junk(tmp_path), class_names=NAMES, grid=VoxelGrid(RANGE, (0.1, 0.1, 0.2)))
 
 
 def _junk(tmp_path: Path) -> Path:

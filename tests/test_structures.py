@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from perception.grid import VoxelGrid
 from perception.structures import (
     Batch,
     Boxes3D,
@@ -176,13 +177,30 @@ def test_in_range_mask_checks_all_three_axes_and_non_finite() -> None:
             [0.0, float("inf"), 0.0],
         ]
     )
-    mask = Points(pts, ("x", "y", "z")).in_range_mask(rng)
+    mask = Points(pts, ("x", "y", "z")).in_range_mask(VoxelGrid(rng, (0.5, 0.5, 0.5)))
     assert mask.tolist() == [True, False, True, False, False, False, False, False]
     assert Points(pts, ("x", "y", "z")).finite_mask().tolist() == [True] * 6 + [False, False]
-    with pytest.raises(ValueError, match="min < max"):
-        Points(pts, ("x", "y", "z")).in_range_mask([1, 0, 0, 0, 1, 1])
-    with pytest.raises(ValueError, match="x_min"):
-        Points(pts, ("x", "y", "z")).in_range_mask([0, 0, 0, 1])
+
+
+def test_in_range_mask_is_the_voxelizers_rule() -> None:
+    """Points kept by the range mask are exactly those the voxelizer puts in a voxel, at the borders too."""
+    from perception.ops.voxelize import voxelize
+
+    grid = VoxelGrid((-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), (0.1, 0.1, 0.2))
+    hi = torch.tensor(grid.hi)
+    near = torch.nextafter(hi, torch.tensor(-1e9))  # the largest float32 below each upper border
+    gen = torch.Generator().manual_seed(0)
+    pts = torch.cat(
+        [
+            (torch.rand(2000, 3, generator=gen) - 0.5) * 120,  # inside and outside
+            hi.expand(3, 3).clone(),  # on the upper borders
+            near.expand(3, 3).clone(),  # just below them (float32 quotient may round up to the grid size)
+            torch.tensor(grid.lo).expand(2, 3).clone(),
+        ]
+    )
+    mask = Points(pts, ("x", "y", "z")).in_range_mask(grid)
+    kept = voxelize(pts, grid, mode="dynamic").point_to_voxel >= 0
+    assert torch.equal(mask, kept) and 0 < int(mask.sum()) < len(pts)
 
 
 # ---------------------------------------------------------------------------------------------- cameras

@@ -19,6 +19,7 @@ from perception.datasets.transforms import (
     PointShuffle,
     RandomFlip,
 )
+from perception.grid import VoxelGrid
 from perception.ops.points_in_boxes import points_in_boxes
 from perception.structures import Boxes3D, CameraRig, Points, Sample
 
@@ -203,7 +204,7 @@ def test_point_range_filter_uses_x_y_and_z() -> None:
          [0.0, 1.0, 0.0], [float("nan"), 0, 0]]
     )  # fmt: skip
     s = Sample("t", Points(xyz, ("x", "y", "z")), Boxes3D.empty(), torch.zeros(0, dtype=torch.int64), CLASSES)
-    out = PointRangeFilter((-1, -1, -1, 1, 1, 1))(s, np.random.default_rng(0))
+    out = PointRangeFilter(VoxelGrid((-1, -1, -1, 1, 1, 1), (0.5, 0.5, 0.5)))(s, np.random.default_rng(0))
     assert out.points.tensor.tolist() == xyz[:3].tolist()  # upper borders excluded, lower included
 
 
@@ -214,11 +215,15 @@ def test_object_range_filter() -> None:
     )  # fmt: skip
     labels = torch.tensor([0, 1, 0, 1, 0])
     s = Sample("t", Points(torch.zeros((0, 5))), Boxes3D(boxes), labels, CLASSES)
-    out = ObjectRangeFilter((-10, -10, -2, 10, 10, 2))(s, np.random.default_rng(0))
+    out = ObjectRangeFilter(VoxelGrid((-10, -10, -2, 10, 10, 2), (0.5, 0.5, 0.5)))(
+        s, np.random.default_rng(0)
+    )
     # z ignored by default; x = 10 (upper border) dropped; box 4 kept though it has no points and sticks out
     assert out.boxes.tensor.tolist() == boxes[[0, 2, 3, 4]].tolist()
     assert out.labels.tolist() == [0, 0, 1, 0]
-    out = ObjectRangeFilter((-10, -10, -2, 10, 10, 2), use_z=True)(s, np.random.default_rng(0))
+    out = ObjectRangeFilter(VoxelGrid((-10, -10, -2, 10, 10, 2), (0.5, 0.5, 0.5)), use_z=True)(
+        s, np.random.default_rng(0)
+    )
     assert out.labels.tolist() == [0, 1, 0]
 
 
@@ -255,7 +260,7 @@ def test_bad_arguments() -> None:
         RandomFlip(probability=1.5)
     with pytest.raises(ValueError, match="std"):
         GlobalTranslation((1.0, -1.0, 0.0))
-    with pytest.raises(ValueError, match="point_range"):
-        PointRangeFilter((0, 0, 0, 1, 1))
-    with pytest.raises(ValueError, match="point_range"):
-        ObjectRangeFilter((0, 0, 0, 1, -1, 1))
+    with pytest.raises(TypeError, match="VoxelGrid"):
+        PointRangeFilter((0, 0, 0, 1, 1, 1))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="VoxelGrid"):
+        ObjectRangeFilter((0, 0, 0, 1, 1, 1))  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from PIL import Image
 
 from perception.datasets.kitti_calib import KittiCalib, boxes_lidar_to_camera
 from perception.formats.kitti_labels import KittiObjects, write_result_file
+from perception.grid import VoxelGrid
 from perception.structures import Detections
 from perception.viz import o3d_render
 from perception.viz.detections_io import global_boxes_to_lidar, load_kitti_results, load_nuscenes_results
@@ -54,7 +55,7 @@ def _dataset(root: Path):  # type: ignore[no-untyped-def]
         infos_path=infos_path_for(root, "v1.0-mini", 2, "val"),
         root=root,
         class_names=NUSC_NAMES,
-        point_cloud_range=(-54.0, -54.0, -5.0, 54.0, 54.0, 3.0),
+        grid=VoxelGrid((-54.0, -54.0, -5.0, 54.0, 54.0, 3.0), (0.3, 0.3, 8.0)),
         max_sweeps=2,
         mode="val",
     )

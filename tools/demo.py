@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_devkit_sample(root, version, cfg.data.class_names, cfg.data.max_sweeps)
     t_load = time.perf_counter() - t1
     bev, cams = write_pictures(loaded, cfg.data.point_cloud_range, args.out)
-    print(summarize(loaded, cfg.data.point_cloud_range, t_gen, t_load))
+    print(summarize(loaded, cfg.data.grid, t_gen, t_load))
     print(f"\nBEV picture:    {bev}")
     if cams is not None:
         print(f"camera picture: {cams}")

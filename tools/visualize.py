@@ -35,7 +35,7 @@ def build_dataset(cfg: Any, split: str) -> Any:
     data = cfg.data
     common = dict(
         class_names=data.class_names,
-        point_cloud_range=data.point_cloud_range,
+        grid=data.grid,
         use_cameras=data.use_cameras,
         mode="val",
     )

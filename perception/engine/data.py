@@ -156,8 +156,8 @@ def build_train_transforms(cfg: ExperimentConfig, train: TrainConfig) -> list[An
     if aug.translation_std is not None:
         out.append(T.GlobalTranslation(aug.translation_std))
     if out:
-        out.append(T.PointRangeFilter(cfg.data.point_cloud_range))
-        out.append(T.ObjectRangeFilter(cfg.data.point_cloud_range))
+        out.append(T.PointRangeFilter(cfg.data.grid))
+        out.append(T.ObjectRangeFilter(cfg.data.grid))
     return out
 
 
@@ -180,7 +180,7 @@ def build_dataset(
         raise ValueError("build_dataset(mode='train') needs the train config")
     common: dict[str, Any] = dict(
         class_names=d.class_names,
-        point_cloud_range=d.point_cloud_range,
+        grid=d.grid,
         infos_path=_infos_file(cfg, split),
         root=d.root,
         max_sweeps=d.max_sweeps,
