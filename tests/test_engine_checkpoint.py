@@ -134,6 +134,24 @@ def test_load_checkpoint_rejects_wrong_files(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "badnames.pth")
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"extra": 1}, r"unknown keys \['extra'\]"),
+        ({"model": {"w": [1.0, 2.0]}}, r"'model' must map names to tensors; bad entries \['w'\]"),
+        ({"optimizer": []}, r"'optimizer' must be a dict, got list"),
+        ({"iteration": -1}, r"'iteration' must be an int >= 0"),
+        ({"world_size": 0}, r"'world_size' must be an int >= 1"),
+        ({"rng": [{"python": []}]}, r"'rng' must be a list of per-rank generator states"),
+        ({"config": "cfg.yaml"}, r"'config' must be a dict or None"),
+    ],
+)
+def test_from_dict_names_the_file_and_the_bad_key(change: dict[str, Any], message: str) -> None:
+    data = {**_state(1).to_dict(), **change}
+    with pytest.raises(CheckpointError, match=f"^run/ckpt.pth: {message}"):
+        CheckpointState.from_dict(data, "run/ckpt.pth")
+
+
 def test_state_round_trips_through_its_dict() -> None:
     state = _state(3, iter_in_epoch=2, value=4.0)
     data = state.to_dict()

@@ -22,7 +22,8 @@ file. Trainer, ``tools/test.py``, the demo and inference all go through it (:fun
 =================  ===========================================================================================
 
 Older files: every checkpoint written so far (the shipped ``checkpoints/demo_detector.pth`` included) is
-``format_version`` 1 with exactly these keys; a file without ``world_size`` reads as one process.
+``format_version`` 1 with exactly these keys; a file without ``world_size`` reads as one process. Any other key
+is refused (:class:`CheckpointError` naming it), as unknown config keys are.
 
 File names in ``ckpt/``: ``checkpoint_epoch_<E>.pth`` after ``E`` completed epochs, and
 ``checkpoint_epoch_<E>_iter_<J>.pth`` for a run stopped ``J`` iterations into epoch ``E + 1``. Newest = largest
@@ -81,11 +82,13 @@ _TMP_PREFIX = ".tmp-"
 
 
 class CheckpointError(ValueError):
-    """A file is not a loadable checkpoint of this format (truncated, wrong version, missing keys)."""
+    """A file is not a loadable checkpoint of this format (truncated, wrong version, missing / unknown keys,
+    a value of the wrong type)."""
 
 
 _INT_KEYS = ("epoch", "iter_in_epoch", "iteration")
 _DICT_KEYS = ("model", "optimizer", "scheduler", "grad_scaler")
+_RNG_KEYS = frozenset({"python", "numpy", "torch"})
 
 
 @dataclass
@@ -148,15 +151,30 @@ class CheckpointState:
         missing = [k for k in REQUIRED_KEYS if k not in data]
         if missing:
             raise CheckpointError(f"{source}: missing keys {missing}")
+        unknown = sorted(str(k) for k in data if k not in (*REQUIRED_KEYS, "world_size"))
+        if unknown:
+            raise CheckpointError(
+                f"{source}: unknown keys {unknown} (format_version {FORMAT_VERSION} has none)"
+            )
         for key in _DICT_KEYS:
             if not isinstance(data[key], dict):
                 raise CheckpointError(f"{source}: {key!r} must be a dict, got {type(data[key]).__name__}")
+        bad = [
+            k for k, v in data["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)
+        ]
+        if bad:
+            raise CheckpointError(f"{source}: 'model' must map names to tensors; bad entries {bad[:5]}")
         for key in (*_INT_KEYS, "world_size"):
             value = data.get(key, 1)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise CheckpointError(f"{source}: {key!r} must be an int >= 0, got {value!r}")
-        if not isinstance(data["rng"], list):
-            raise CheckpointError(f"{source}: 'rng' must be a list (one state per rank)")
+            low = 1 if key == "world_size" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise CheckpointError(f"{source}: {key!r} must be an int >= {low}, got {value!r}")
+        rng = data["rng"]
+        if not isinstance(rng, list) or not all(isinstance(r, dict) and _RNG_KEYS <= r.keys() for r in rng):
+            raise CheckpointError(
+                f"{source}: 'rng' must be a list of per-rank generator states (dicts with keys "
+                f"{sorted(_RNG_KEYS)}), got {rng!r:.80}"
+            )
         if data["config"] is not None and not isinstance(data["config"], dict):
             raise CheckpointError(f"{source}: 'config' must be a dict or None")
         names = data["class_names"]
