@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from perception.engine.checkpoint import load_checkpoint
 from perception.engine.distributed import DistInfo, ShardedSampler, SkipSampler, init_distributed
 
 TESTS = Path(__file__).resolve().parent
@@ -105,11 +106,11 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path: Path) -> None:
     ckpts = sorted(p.name for p in (tmp_path / "run" / "ckpt").iterdir())
     # stopped after 2 iterations (mid-epoch), then at 3 (= end of epoch 1), then the end of epoch 2
     assert ckpts == ["checkpoint_epoch_0_iter_2.pth", "checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth"]
-    state = torch.load(tmp_path / "run" / "ckpt" / ckpts[-1], weights_only=True)
-    assert state["world_size"] == 2 and len(state["rng"]) == 2
-    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+    state = load_checkpoint(tmp_path / "run" / "ckpt" / ckpts[-1])
+    assert state.world_size == 2 and len(state.rng) == 2
+    assert not torch.equal(state.rng[0]["torch"], state.rng[1]["torch"])
     for k, v in r0["final"].items():
-        assert torch.equal(state["model"][k], v), k
+        assert torch.equal(state.model[k], v), k
 
 
 def test_sharded_sampler_partitions_each_epoch() -> None:

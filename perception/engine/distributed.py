@@ -122,8 +122,13 @@ def init_distributed(
 
 
 def cleanup_distributed(info: DistInfo) -> None:
-    """Leave the process group (if any)."""
+    """Leave the process group (if any), all ranks together.
+
+    The barrier first: a rank that tears down its gloo connections while a peer is still using them makes the
+    peer's transport thread abort the process (``terminate called without an active exception``, SIGABRT).
+    """
     if info.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
