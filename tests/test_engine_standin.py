@@ -102,7 +102,7 @@ def test_standin_follows_protocol() -> None:
     assert len(dets) == 3 and all(len(d) == 1 for d in dets)
 
 
-def test_sum_losses_rejects_bad_terms() -> None:
+def test_total_loss_rejects_bad_terms() -> None:
     with pytest.raises(ValueError, match="non-empty dict"):
         total_loss({})
     with pytest.raises(TypeError, match="'loss_a' must be a torch.Tensor"):
