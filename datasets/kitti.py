@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from perception.formats.points import KITTI_CHANNELS, load_scan
 from perception.grid import VoxelGrid
 from perception.structures import Boxes3D, CameraRig, Points, Sample
 
 from .base import DetectionDataset, Mode, Transform, check_mode
 from .kitti_infos import KITTI_POINT_CHANNELS, KittiInfo, infos_path, load_kitti_infos
-from .points_io import KITTI_CHANNELS, load_scan
 
 __all__ = ["KittiDataset"]
 

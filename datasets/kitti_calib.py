@@ -1,4 +1,4 @@
-"""KITTI calibration files, camera <-> LiDAR box conversion, and the KITTI difficulty levels.
+"""KITTI calibration files and camera <-> LiDAR box conversion.
 
 Calibration (``training/calib/<id>.txt``, KITTI object devkit ``readme.txt``): lines ``KEY: v1 v2 ...`` with
 ``P0..P3`` (3x4 projection of rectified camera-0 coordinates into camera ``i``'s image), ``R0_rect`` (3x3
@@ -12,11 +12,8 @@ frame (DESIGN.md) the box is ``[x, y, z, dx, dy, dz, yaw]`` with the centre ``re
 ``dx = l, dy = w, dz = h`` and ``yaw = -ry - pi/2`` (the LiDAR and the rectified camera are assumed level with
 each other, as KITTI and every toolkit assume; only the heading is kept).
 
-Difficulty (KITTI object benchmark): easy = 2D box height >= 40 px, occlusion 0 ("fully visible"), truncation
-<= 0.15; moderate = >= 25 px, occlusion <= 1, truncation <= 0.30; hard = >= 25 px, occlusion <= 2, truncation
-<= 0.50; anything else is "unknown" (-1). The thresholds are the evaluator's (``perception.evaluation.kitti``).
-Label files are read with the evaluator's reader :func:`perception.formats.kitti_labels.read_label_file`
-(malformed lines raise ``ValueError`` with the file and line).
+Label files, their record (:class:`~perception.formats.kitti_labels.KittiObjects`) and the difficulty levels
+live in :mod:`perception.formats.kitti_labels`, shared with the evaluation.
 """
 
 from __future__ import annotations
@@ -28,26 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perception.formats.kitti_labels import (
-    MAX_OCCLUSION,
-    MAX_TRUNCATION,
-    MIN_HEIGHT,
-    KittiObjects,
-    read_label_file,
-)
-
-__all__ = [
-    "DIFFICULTY_NAMES",
-    "KittiCalib",
-    "KittiObjects",
-    "boxes_camera_to_lidar",
-    "boxes_lidar_to_camera",
-    "difficulty",
-    "read_calib_file",
-    "read_label_file",
-]
-
-DIFFICULTY_NAMES = {0: "easy", 1: "moderate", 2: "hard", -1: "unknown"}
+__all__ = ["KittiCalib", "boxes_camera_to_lidar", "boxes_lidar_to_camera", "read_calib_file"]
 
 _ALIASES = {"R_rect": "R0_rect", "Tr_velo_cam": "Tr_velo_to_cam", "Tr_imu_velo": "Tr_imu_to_velo"}
 _SIZES = {"P0": 12, "P1": 12, "P2": 12, "P3": 12, "R0_rect": 9, "Tr_velo_to_cam": 12, "Tr_imu_to_velo": 12}
@@ -209,21 +187,3 @@ def boxes_lidar_to_camera(boxes: np.ndarray, calib: KittiCalib) -> tuple[np.ndar
     bottom = b[:, :3].copy()
     bottom[:, 2] -= b[:, 5] / 2
     return calib.velo_to_rect(bottom), b[:, [5, 4, 3]].copy(), _wrap(-b[:, 6] - math.pi / 2)
-
-
-def difficulty(bbox: np.ndarray, occluded: np.ndarray, truncated: np.ndarray) -> np.ndarray:
-    """KITTI difficulty per object: int64 ``(N,)``, 0 easy, 1 moderate, 2 hard, -1 unknown.
-
-    Args:
-        bbox: ``(N, 4)`` 2D boxes ``[x1, y1, x2, y2]`` (pixels).
-        occluded: ``(N,)`` occlusion state 0..3.
-        truncated: ``(N,)`` truncation in [0, 1].
-    """
-    height = np.asarray(bbox, np.float64).reshape(-1, 4) @ np.array([0.0, -1.0, 0.0, 1.0])
-    occ = np.asarray(occluded).reshape(-1)
-    trunc = np.asarray(truncated, np.float64).reshape(-1)
-    out = np.full(len(height), -1, dtype=np.int64)
-    for level in (2, 1, 0):  # the strictest level that an object satisfies wins
-        ok = (height >= MIN_HEIGHT[level]) & (occ <= MAX_OCCLUSION[level]) & (trunc <= MAX_TRUNCATION[level])
-        out[ok] = level
-    return out

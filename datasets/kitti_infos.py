@@ -16,6 +16,7 @@ holding only builtins and numpy arrays; read it with :func:`load_kitti_infos`. P
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -26,16 +27,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from perception.formats.info_pickle import safe_pickle_load
+from perception.formats.kitti_labels import KittiObjects, difficulty, read_label_file
+from perception.formats.points import KITTI_CHANNELS, load_scan
+
 from .gt_database import GTDatabaseEntry, GTObject, write_sample_objects
 from .info_split import build_split, task_result
-from .kitti_calib import KittiCalib, boxes_camera_to_lidar, difficulty, read_calib_file, read_label_file
-from .points_io import KITTI_CHANNELS, load_scan
-from .prep_runner import (
-    PrepStats,
-    crop_box_points,
-    fingerprint,
-    safe_pickle_load,
-)
+from .kitti_calib import KittiCalib, boxes_camera_to_lidar, read_calib_file
+from .prep_runner import PrepStats, crop_box_points, fingerprint
 
 __all__ = [
     "FORMAT_VERSION",
@@ -59,35 +58,51 @@ _SPLIT_DIR = {"train": "training", "val": "training", "test": "testing"}
 
 @dataclass
 class KittiAnnotations:
-    """Labelled objects of one frame (DontCare regions apart); arrays of length ``K``.
+    """Labelled objects of one frame (DontCare regions apart), ``K`` of them.
 
     Attributes:
-        names: str ``(K,)`` KITTI class names (``Car``, ``Pedestrian``, ...).
-        truncated: float64 ``(K,)``; occluded: int64 ``(K,)``; alpha: float64 ``(K,)``.
-        bbox: float64 ``(K, 4)`` image-2 box ``[x1, y1, x2, y2]`` pixels.
-        dimensions: float64 ``(K, 3)`` ``[h, w, l]`` m; location: float64 ``(K, 3)`` bottom centre, rectified
-            camera frame, m; rotation_y: float64 ``(K,)`` rad -- all as in the label file.
+        objects: the label file's objects as read (:class:`~perception.formats.kitti_labels.KittiObjects`: names,
+            truncated, occluded, alpha, bbox, dimensions ``[h, w, l]``, bottom-centre location, rotation_y).
         boxes_lidar: float32 ``(K, 7)`` ``[x, y, z, dx, dy, dz, yaw]`` in the Velodyne frame (box centre).
         difficulty: int64 ``(K,)`` 0 easy, 1 moderate, 2 hard, -1 unknown.
         num_points_in_gt: int64 ``(K,)`` scan points in the camera's view inside each box (as OpenPCDet counts).
         dontcare_bbox: float64 ``(M, 4)`` DontCare regions in image 2.
     """
 
-    names: np.ndarray
-    truncated: np.ndarray
-    occluded: np.ndarray
-    alpha: np.ndarray
-    bbox: np.ndarray
-    dimensions: np.ndarray
-    location: np.ndarray
-    rotation_y: np.ndarray
+    objects: KittiObjects
     boxes_lidar: np.ndarray
     difficulty: np.ndarray
     num_points_in_gt: np.ndarray
     dontcare_bbox: np.ndarray
 
+    @property
+    def names(self) -> np.ndarray:
+        """str ``(K,)`` KITTI class names (``objects.names``)."""
+        return self.objects.names
+
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.objects)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat dict of arrays, as info files store it: the label fields of :data:`_LABEL_FIELDS` and the rest."""
+        d: dict[str, Any] = {k: getattr(self.objects, k) for k in _LABEL_FIELDS}
+        d.update(
+            boxes_lidar=self.boxes_lidar,
+            difficulty=self.difficulty,
+            num_points_in_gt=self.num_points_in_gt,
+            dontcare_bbox=self.dontcare_bbox,
+        )
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> KittiAnnotations:
+        d = dict(d)
+        objects = KittiObjects(**{k: d.pop(k) for k in _LABEL_FIELDS})
+        return KittiAnnotations(objects=objects, **d)
+
+
+#: The :class:`KittiObjects` fields a label (no score) has, stored flat in the info file.
+_LABEL_FIELDS = ("names", "truncated", "occluded", "alpha", "bbox", "dimensions", "location", "rotation_y")
 
 
 @dataclass
@@ -126,7 +141,7 @@ class KittiInfo:
                 "Tr_velo_to_cam": c.Tr_velo_to_cam,
                 "Tr_imu_to_velo": c.Tr_imu_to_velo,
             },
-            "annos": None if self.annos is None else dict(vars(self.annos)),
+            "annos": None if self.annos is None else self.annos.to_dict(),
         }
 
     @staticmethod
@@ -139,7 +154,7 @@ class KittiInfo:
             image_path=d["image_path"],
             image_size=(int(d["image_size"][0]), int(d["image_size"][1])),
             calib=KittiCalib(c["P"], c["R0_rect"], c["Tr_velo_to_cam"], c["Tr_imu_to_velo"]),
-            annos=None if d["annos"] is None else KittiAnnotations(**d["annos"]),
+            annos=None if d["annos"] is None else KittiAnnotations.from_dict(d["annos"]),
         )
 
 
@@ -161,7 +176,7 @@ def _annotations(
     objs = read_label_file(root / split_dir / "label_2" / f"{fid}.txt")
     care = objs.names != "DontCare"
     dontcare = objs.bbox[~care]
-    objs = objs.select(care)
+    objs = dataclasses.replace(objs.select(care), score=None)  # a label file: no scores (also when empty)
     boxes = boxes_camera_to_lidar(objs.location, objs.dimensions, objs.rotation_y, calib).astype(np.float32)
     if len(boxes):
         from perception.ops.points_in_boxes import points_in_boxes
@@ -171,14 +186,7 @@ def _annotations(
     else:
         npts = np.zeros(0, np.int64)
     return KittiAnnotations(
-        names=objs.names.astype(str),
-        truncated=objs.truncated,
-        occluded=objs.occluded,
-        alpha=objs.alpha,
-        bbox=objs.bbox,
-        dimensions=objs.dimensions,
-        location=objs.location,
-        rotation_y=objs.rotation_y,
+        objects=objs,
         boxes_lidar=boxes.reshape(-1, 7),
         difficulty=difficulty(objs.bbox, objs.occluded, objs.truncated),
         num_points_in_gt=npts.astype(np.int64),

@@ -29,14 +29,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from perception.formats.nuscenes_infos import NuScenesInfo, infos_path, load_nuscenes_infos
+from perception.formats.nuscenes_names import NUSCENES_POINT_CHANNELS
+from perception.formats.nuscenes_points import load_lidar_points
 from perception.grid import VoxelGrid
 from perception.structures import Boxes3D, CameraRig, Points, Sample
 
 from .base import DetectionDataset, Mode, Transform, check_mode
-from .nuscenes_infos import NUSCENES_POINT_CHANNELS, NuScenesInfo, infos_path, load_nuscenes_infos
-from .nuscenes_points import EGO_RADIUS, load_lidar_points
 
-__all__ = ["EGO_RADIUS", "NuScenesDataset", "load_lidar_points"]
+__all__ = ["NuScenesDataset", "infos_path_for"]
 
 logger = logging.getLogger(__name__)
 

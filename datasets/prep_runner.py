@@ -20,18 +20,17 @@ object held in a module global, is shared copy-on-write instead of being rebuilt
 (then every worker builds that state itself). Fork is not safe once numba's OpenMP threading layer has run in
 the calling process. A ``tqdm`` progress bar shows finished / total keys.
 
-Pickle files: written with protocol 4 and read back by :func:`safe_pickle_load`, which only accepts builtin
-containers, numbers, strings and numpy arrays, so a tampered info file cannot execute code when loaded.
+Pickle files: written with protocol 4 and read back by :func:`safe_pickle_load` (re-exported from
+:mod:`perception.formats.info_pickle`), which only accepts builtin containers, numbers, strings and numpy arrays,
+so a tampered info file cannot execute code when loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import multiprocessing as mp
 import os
-import pickle
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from perception.formats.info_pickle import safe_pickle_load
 from perception.io_atomic import atomic_pickle_dump, atomic_write_bytes
 
 __all__ = [
@@ -57,43 +57,6 @@ __all__ = [
 ]
 
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_.\-]+\Z")
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the numpy globals an array needs; anything else is refused."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load {module}.{name}: only numpy arrays and builtins allowed"
-        )
-
-
-def safe_pickle_load(path: str | os.PathLike[str]) -> Any:
-    """Load a pickle written by :func:`atomic_pickle_dump` that holds only builtins and numpy arrays.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is not such a pickle (names the file).
-    """
-    path = Path(path)
-    data = path.read_bytes()
-    try:
-        return _SafeUnpickler(io.BytesIO(data)).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
-        raise ValueError(f"{path}: not a valid info/part pickle ({e})") from None
 
 
 def fingerprint(settings: dict[str, Any]) -> str:

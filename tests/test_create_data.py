@@ -11,9 +11,9 @@ import pytest
 
 from perception.datasets.gt_database import GTDatabase
 from perception.datasets.kitti_infos import create_kitti_infos, load_kitti_infos
-from perception.datasets.nuscenes_infos import load_nuscenes_infos
 from perception.datasets.prep_runner import safe_pickle_load
 from perception.datasets.synthetic import SyntheticParams, generate
+from perception.formats.nuscenes_infos import load_nuscenes_infos
 
 _spec = importlib.util.spec_from_file_location(
     "create_data", Path(__file__).parents[1] / "tools" / "create_data.py"

@@ -12,18 +12,13 @@ import pytest
 import torch
 
 from perception.datasets.kitti import KittiDataset
-from perception.datasets.kitti_calib import (
-    boxes_camera_to_lidar,
-    boxes_lidar_to_camera,
-    difficulty,
-    read_calib_file,
-    read_label_file,
-)
+from perception.datasets.kitti_calib import boxes_camera_to_lidar, boxes_lidar_to_camera, read_calib_file
 from perception.datasets.kitti_infos import create_kitti_infos, load_kitti_infos
 from perception.datasets.synthetic import SyntheticParams, generate
 from perception.datasets.synthetic import kitti_writer as kw
 from perception.datasets.synthetic.geometry import invert_pose, transform_points
 from perception.datasets.synthetic.lidar import KITTI_LIDAR_MOUNT
+from perception.formats.kitti_labels import difficulty, meets_difficulty, read_label_file
 from perception.grid import VoxelGrid
 from perception.ops.points_in_boxes import points_in_boxes
 from perception.structures import Batch
@@ -109,6 +104,10 @@ def test_labels_match_simulator_truth(root: Path) -> None:
     np.testing.assert_allclose(loc, care.location, atol=1e-5)
     np.testing.assert_allclose(hwl, care.dimensions, atol=1e-5)
     assert len(a.dontcare_bbox) == int((labels.names == "DontCare").sum())
+    # the info record keeps the label fields as one KittiObjects (the one definition), read back from the file
+    for field in ("names", "truncated", "occluded", "alpha", "bbox", "dimensions", "location", "rotation_y"):
+        np.testing.assert_array_equal(getattr(a.objects, field), getattr(care, field), err_msg=field)
+    assert a.objects.score is None and a.names is a.objects.names
 
 
 def test_difficulty_levels() -> None:
@@ -119,6 +118,11 @@ def test_difficulty_levels() -> None:
     trunc = np.array([0.1, 0.1, 0.3, 0.5, 0.0, 0.0])
     np.testing.assert_array_equal(difficulty(bbox, occ, trunc), [0, 1, 1, 2, -1, -1])
     np.testing.assert_array_equal(difficulty(bbox[:1], [0], [0.16]), [1])
+    # the evaluator's per-level rule (meets_difficulty) is cumulative and agrees with the info's difficulty
+    d = difficulty(bbox, occ, trunc)
+    for level in range(3):
+        counted = meets_difficulty(bbox[:, 3] - bbox[:, 1], occ, trunc, level)
+        np.testing.assert_array_equal(counted, (d >= 0) & (d <= level))
 
 
 def test_dataset_points_boxes_fov_range(root: Path) -> None:

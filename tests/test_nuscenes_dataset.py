@@ -15,10 +15,12 @@ from pyquaternion import Quaternion
 from scipy.spatial import cKDTree
 
 from perception.datasets.gt_database import GTDatabase
-from perception.datasets.nuscenes import NuScenesDataset, load_lidar_points
-from perception.datasets.nuscenes_infos import create_nuscenes_infos, gt_database_dir, infos_path
+from perception.datasets.nuscenes import NuScenesDataset
+from perception.datasets.nuscenes_infos import create_nuscenes_infos
 from perception.datasets.synthetic import SyntheticParams, generate
 from perception.datasets.synthetic.classes import CLASSES
+from perception.formats.nuscenes_infos import gt_database_dir, infos_path
+from perception.formats.nuscenes_points import load_lidar_points
 from perception.grid import VoxelGrid
 from perception.ops.points_in_boxes import points_in_boxes
 from perception.structures import Batch

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perception.datasets.points_io import drop_nonfinite, load_scan, read_points_bin
 from perception.datasets.prep_runner import (
     atomic_pickle_dump,
     atomic_write_bytes,
@@ -19,6 +18,7 @@ from perception.datasets.prep_runner import (
     run_tasks,
     safe_pickle_load,
 )
+from perception.formats.points import drop_nonfinite, load_scan, read_points_bin
 
 
 def test_read_round_trip_kitti_and_nuscenes(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_nonfinite_points_dropped_and_counted(tmp_path: Path, caplog: pytest.Log
     pts[7, 1] = -np.inf
     path = tmp_path / "bad.bin"
     pts.tofile(path)
-    with caplog.at_level(logging.WARNING, logger="perception.datasets.points_io"):
+    with caplog.at_level(logging.WARNING, logger="perception.formats.points"):
         out = load_scan(path, 4)
     np.testing.assert_array_equal(out, pts[[0, 1, 3, 4, 6, 8, 9]])
     assert any("dropped 3 of 10" in r.getMessage() and "bad.bin" in r.getMessage() for r in caplog.records)

@@ -123,7 +123,8 @@ def _add_nuscenes(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_nuscenes(args: argparse.Namespace) -> int:
-    from perception.datasets.nuscenes_infos import create_nuscenes_infos, gt_database_dir, infos_path
+    from perception.datasets.nuscenes_infos import create_nuscenes_infos
+    from perception.formats.nuscenes_infos import gt_database_dir, infos_path
 
     start = time.perf_counter()
     stats = create_nuscenes_infos(

@@ -37,7 +37,7 @@ Mode = Literal["train", "val", "test"]
 def _infos_file(cfg: ExperimentConfig, split: str) -> Path:
     d = cfg.data
     if d.dataset == "nuscenes":
-        from perception.datasets.nuscenes_infos import infos_path
+        from perception.formats.nuscenes_infos import infos_path
 
         assert d.version is not None
         return infos_path(d.root, d.version, d.max_sweeps, split)
@@ -49,7 +49,7 @@ def _infos_file(cfg: ExperimentConfig, split: str) -> Path:
 def _gt_database_dir(cfg: ExperimentConfig) -> Path:
     d = cfg.data
     if d.dataset == "nuscenes":
-        from perception.datasets.nuscenes_infos import gt_database_dir
+        from perception.formats.nuscenes_infos import gt_database_dir
 
         assert d.version is not None
         return gt_database_dir(d.root, d.version, d.max_sweeps)
@@ -62,7 +62,7 @@ def eval_set_name(cfg: ExperimentConfig, split: str) -> str:
     """The nuScenes devkit's ``eval_set`` for an info split (``val`` -> ``mini_val`` on v1.0-mini); KITTI: as is."""
     if cfg.data.dataset != "nuscenes":
         return split
-    from perception.datasets.nuscenes_infos import split_names
+    from perception.formats.nuscenes_infos import split_names
 
     assert cfg.data.version is not None
     train, val = split_names(cfg.data.version)

@@ -49,11 +49,10 @@ import numpy as np
 
 from perception.formats.kitti_labels import (
     DIFFICULTIES,
-    MAX_OCCLUSION,
-    MAX_TRUNCATION,
     MIN_HEIGHT,
     KittiObjects,
     load_label_dirs,
+    meets_difficulty,
     read_ids,
     read_label_file,
     write_result_file,
@@ -241,11 +240,7 @@ def _prepare(
 def _ignore_flags(fr: _Frames, cls: str, level: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Devkit ``cleanData``: int8 ground-truth and detection ignore codes, and the number of counted GT."""
     valid = np.where(fr.gt_names == cls, 1, np.where(fr.gt_names == NEIGHBOURS.get(cls, "\0"), 0, -1))
-    outside = (
-        (fr.gt_occ > MAX_OCCLUSION[level])
-        | (fr.gt_trunc > MAX_TRUNCATION[level])
-        | (fr.gt_height < MIN_HEIGHT[level])
-    )
+    outside = ~meets_difficulty(fr.gt_height, fr.gt_occ, fr.gt_trunc, level)
     ig_gt = np.where((valid == 1) & ~outside, 0, np.where((valid == 0) | (valid == 1), 1, -1)).astype(np.int8)
     ig_dt = np.where(fr.dt_height < MIN_HEIGHT[level], 1, np.where(fr.dt_names == cls, 0, -1)).astype(np.int8)
     return ig_gt, ig_dt, int((ig_gt == 0).sum())

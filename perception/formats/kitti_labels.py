@@ -29,9 +29,25 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["KittiObjects", "read_label_file", "write_result_file", "read_ids", "load_label_dirs"]
+__all__ = [
+    "DIFFICULTIES",
+    "DIFFICULTY_NAMES",
+    "MAX_OCCLUSION",
+    "MAX_TRUNCATION",
+    "MIN_HEIGHT",
+    "KittiObjects",
+    "difficulty",
+    "load_label_dirs",
+    "meets_difficulty",
+    "read_ids",
+    "read_label_file",
+    "write_result_file",
+]
 
 DIFFICULTIES = ("easy", "moderate", "hard")
+"""Level names; level ``i`` is ``DIFFICULTIES[i]``."""
+DIFFICULTY_NAMES = {0: "easy", 1: "moderate", 2: "hard", -1: "unknown"}
+"""What :func:`difficulty` returns, by name (``-1``: the object meets no level)."""
 MIN_HEIGHT = (40.0, 25.0, 25.0)
 """Minimum 2D box height in pixels per difficulty."""
 MAX_OCCLUSION = (0, 1, 2)
@@ -123,6 +139,43 @@ class KittiObjects:
             rotation_y=self.rotation_y[mask],
             score=None if self.score is None else self.score[mask],
         )
+
+
+def meets_difficulty(
+    height: np.ndarray, occluded: np.ndarray, truncated: np.ndarray, level: int
+) -> np.ndarray:
+    """bool ``(N,)``: the objects that count at difficulty ``level`` (0 easy, 1 moderate, 2 hard).
+
+    The devkit's rule: 2D box height ``>= MIN_HEIGHT[level]`` pixels, ``occluded <= MAX_OCCLUSION[level]`` and
+    ``truncated <= MAX_TRUNCATION[level]``. The levels are cumulative (an easy object also counts as moderate and
+    hard).
+
+    Args:
+        height: ``(N,)`` 2D box heights ``y2 - y1`` in pixels; occluded: ``(N,)`` 0..3; truncated: ``(N,)`` 0..1.
+    """
+    return (
+        (np.asarray(height, np.float64) >= MIN_HEIGHT[level])
+        & (np.asarray(occluded) <= MAX_OCCLUSION[level])
+        & (np.asarray(truncated, np.float64) <= MAX_TRUNCATION[level])
+    )
+
+
+def difficulty(bbox: np.ndarray, occluded: np.ndarray, truncated: np.ndarray) -> np.ndarray:
+    """KITTI difficulty per object: int64 ``(N,)``, 0 easy, 1 moderate, 2 hard, -1 unknown (the strictest level of
+    :func:`meets_difficulty` the object meets).
+
+    Args:
+        bbox: ``(N, 4)`` 2D boxes ``[x1, y1, x2, y2]`` (pixels).
+        occluded: ``(N,)`` occlusion state 0..3.
+        truncated: ``(N,)`` truncation in [0, 1].
+    """
+    box = np.asarray(bbox, np.float64).reshape(-1, 4)
+    occ = np.asarray(occluded).reshape(-1)
+    trunc = np.asarray(truncated, np.float64).reshape(-1)
+    out = np.full(len(box), -1, dtype=np.int64)
+    for level in (2, 1, 0):  # the strictest level that an object satisfies wins
+        out[meets_difficulty(box[:, 3] - box[:, 1], occ, trunc, level)] = level
+    return out
 
 
 def _float_field(name: str, value: object, shape: tuple[int, ...]) -> np.ndarray:

@@ -1,22 +1,20 @@
 """nuScenes point loading: a keyframe scan plus its sweeps, merged into the keyframe's LiDAR frame.
 
-Used by the dataset (:mod:`.nuscenes`) and by info creation (:mod:`.nuscenes_infos`, for the GT database); it
-imports neither of them (it reads the info record's ``lidar_path`` / ``sweeps`` / ``token`` only), so the two do
-not import each other.
+Used by the dataset (:mod:`perception.datasets.nuscenes`) and by info creation
+(:mod:`perception.datasets.nuscenes_infos`, for the GT database). Reads the record's ``lidar_path`` / ``sweeps`` /
+``token`` (:class:`~perception.formats.nuscenes_infos.NuScenesInfo`).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
-from .points_io import NUSCENES_CHANNELS, load_scan
-
-if TYPE_CHECKING:
-    from .nuscenes_infos import NuScenesInfo
+from .nuscenes_infos import NuScenesInfo
+from .points import NUSCENES_CHANNELS, load_scan
 
 __all__ = ["EGO_RADIUS", "load_lidar_points"]
 

@@ -8,7 +8,7 @@ Both formats are headerless little-endian float32 records:
 A file whose size is not a multiple of ``4 * num_channels`` bytes is truncated or of another format; reading it
 raises a ``ValueError`` naming the file, its size and the expected multiple instead of silently reshaping the
 bytes into garbage. An empty file is a valid scan with 0 points. Points with a NaN / inf value are dropped by
-:func:`drop_nonfinite`, which logs how many it dropped (logger ``perception.datasets.points_io``).
+:func:`drop_nonfinite`, which logs how many it dropped (logger ``perception.formats.points``).
 """
 
 from __future__ import annotations
