@@ -115,6 +115,12 @@ class NuScenesDataset(DetectionDataset):
             mask &= info.num_lidar_pts >= self.min_points_in_gt
         return mask & self._centres_in_range(info.gt_boxes)
 
+    def box_mask(self, index: int) -> np.ndarray:
+        """bool ``(K,)`` over the annotations of ``infos[index]`` (``gt_boxes``, ``num_lidar_pts``,
+        ``annotation_tokens``, ...): which ones sample ``index`` yields as its boxes, in that order."""
+        self._check_index(index)
+        return self._box_mask(self.infos[index])
+
     def info_class_names(self, index: int) -> set[str]:
         """Class names (of ``class_names``) of the ground-truth boxes sample ``index`` yields (for CBGS)."""
         info = self.infos[index]
