@@ -1,6 +1,6 @@
-"""Load one keyframe of a nuScenes-format dataset through the official devkit into the typed structures, and
-draw / summarise it; run the shipped detector on the validation split and score it with the official devkit.
-Used by ``tools/demo.py``; the full dataset pipeline lives in ``perception.datasets``.
+"""The demo's steps: load one keyframe of a nuScenes-format dataset through the dataset class
+(:class:`~perception.datasets.nuscenes.NuScenesDataset`, the one nuScenes loader), draw / summarise it; run
+the shipped detector on the validation split and score it with the official devkit. Used by ``tools/demo.py``.
 """
 
 from __future__ import annotations
@@ -10,33 +10,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from nuscenes import NuScenes
-from nuscenes.eval.detection.utils import category_to_detection_name
-from nuscenes.utils.data_classes import LidarPointCloud
-from nuscenes.utils.splits import create_splits_scenes
-from PIL import Image
-from pyquaternion import Quaternion
 
+from perception.datasets.nuscenes import NuScenesDataset, infos_path_for
+from perception.datasets.nuscenes_infos import create_nuscenes_infos
 from perception.evaluation.nuscenes import NuScenesMetrics
-from perception.formats.nuscenes_boxes import boxes_from_devkit
-from perception.formats.nuscenes_names import CAMERA_ORDER
 from perception.grid import VoxelGrid
-from perception.structures import CameraRig, Detections, Points, Sample
+from perception.structures import Detections, Sample
 
 
 @dataclass
 class LoadedSample:
-    """A keyframe loaded through the devkit.
+    """The first keyframe of the validation split, loaded through :class:`NuScenesDataset`.
 
     Attributes:
-        sample: the typed sample (points with ``time_lag``, boxes ``(K, 9)`` in the LiDAR frame, cameras).
-        scene_name: nuScenes scene name (from the devkit's split lists).
+        sample: the dataset's typed sample (``val`` mode: points with ``time_lag`` and boxes ``(K, 9)`` in the
+            LiDAR frame, both inside the grid by its rule; the camera rig and images when the keyframe has
+            cameras).
+        scene_name: nuScenes scene name.
         num_sweeps: LiDAR sweeps merged into ``sample.points`` (keyframe included).
-        num_keyframe_points: points of the keyframe sweep alone.
+        num_keyframe_points: points of the keyframe sweep in ``sample.points``.
         num_lidar_pts: the annotations' ``num_lidar_pts`` for the ``K`` boxes, in order.
-        skipped_categories: annotations whose category is not one of the detector's classes.
+        annotation_tokens: the ``sample_annotation`` tokens of the ``K`` boxes, in order.
+        skipped: annotations the sample leaves out, by detection name (``"ignore"`` for categories outside the
+            ten detection classes): other classes than ``class_names``, or centre outside the grid.
         table_counts: number of records per devkit table.
     """
 
@@ -45,96 +43,47 @@ class LoadedSample:
     num_sweeps: int
     num_keyframe_points: int
     num_lidar_pts: list[int]
-    skipped_categories: Counter[str]
+    annotation_tokens: list[str]
+    skipped: Counter[str]
     table_counts: dict[str, int]
 
 
-def _transform(rotation: Sequence[float], translation: Sequence[float]) -> np.ndarray:
-    t = np.eye(4)
-    t[:3, :3] = Quaternion(rotation).rotation_matrix
-    t[:3, 3] = translation
-    return t
+def load_demo_sample(
+    root: Path, version: str, class_names: Sequence[str], grid: VoxelGrid, max_sweeps: int
+) -> LoadedSample:
+    """Load the first keyframe of the validation split (``mini_val`` / ``val``) through the dataset.
 
+    Creates the info files of ``max_sweeps`` in ``root`` first when they are missing
+    (:func:`~perception.datasets.nuscenes_infos.create_nuscenes_infos`, without the GT database). Cameras are
+    loaded when the keyframe has any.
 
-def load_devkit_sample(root: Path, version: str, class_names: Sequence[str], max_sweeps: int) -> LoadedSample:
-    """Load the first keyframe of the validation split (``mini_val`` / ``val``) of a nuScenes-format dataset."""
+    Raises:
+        ValueError: the validation split has no sample.
+    """
+    root = Path(root)
+    path = infos_path_for(root, version, max_sweeps, "val")
+    if not path.is_file():
+        create_nuscenes_infos(root, version, max_sweeps=max_sweeps, progress=False, with_gt_database=False)
+    dataset = NuScenesDataset(
+        infos_path=path, root=root, class_names=class_names, grid=grid, max_sweeps=max_sweeps, mode="val"
+    )
+    if len(dataset) == 0:
+        raise ValueError(f"{path} holds no sample")
+    info = dataset.infos[0]
+    dataset.use_cameras = bool(info.cameras)
+    sample = dataset[0]
+    kept = dataset._box_mask(info)  # the boxes ``sample`` holds, in order
     nusc = NuScenes(version=version, dataroot=str(root), verbose=False)
-    split = "mini_val" if version.endswith("mini") else "val"
-    val_names = set(create_splits_scenes()[split])
-    scenes = [s for s in nusc.scene if s["name"] in val_names]
-    if not scenes:
-        raise ValueError(f"{root}/{version} has no scene of the devkit's {split!r} split")
-    scene = scenes[0]
-    sample = nusc.get("sample", scene["first_sample_token"])
-    lidar_token = sample["data"]["LIDAR_TOP"]
-
-    pc, times = LidarPointCloud.from_file_multisweep(
-        nusc, sample, "LIDAR_TOP", "LIDAR_TOP", nsweeps=max_sweeps
+    return LoadedSample(
+        sample=sample,
+        scene_name=info.scene_name,
+        num_sweeps=1 + len(info.sweeps[: max_sweeps - 1]),
+        num_keyframe_points=int((sample.points.channel("time_lag") == 0).sum()),
+        num_lidar_pts=[int(n) for n in info.num_lidar_pts[kept]],
+        annotation_tokens=[str(t) for t in info.annotation_tokens[kept]],
+        skipped=Counter(str(n) for n in info.gt_names[~kept]),
+        table_counts={t: len(getattr(nusc, t)) for t in nusc.table_names},
     )
-    pts = np.concatenate([pc.points[:4].T, times.T], axis=1).astype(np.float32)
-    keyframe = LidarPointCloud.from_file(str(root / nusc.get("sample_data", lidar_token)["filename"]))
-    sweeps_used = len(np.unique(times))
-
-    _, boxes, _ = nusc.get_sample_data(lidar_token)
-    lidar_sd = nusc.get("sample_data", lidar_token)
-    cs = nusc.get("calibrated_sensor", lidar_sd["calibrated_sensor_token"])
-    pose = nusc.get("ego_pose", lidar_sd["ego_pose_token"])
-    global_to_lidar_rot = Quaternion(cs["rotation"]).inverse * Quaternion(pose["rotation"]).inverse
-
-    kept, labels, npts = [], [], []
-    skipped: Counter[str] = Counter()
-    for box in boxes:
-        name = category_to_detection_name(box.name)
-        if name is None or name not in class_names:
-            skipped[box.name] += 1
-            continue
-        v = nusc.box_velocity(box.token)  # global frame, NaN when the track has one annotation
-        box.velocity = global_to_lidar_rot.rotate(np.nan_to_num(v, nan=0.0))
-        kept.append(box)
-        labels.append(list(class_names).index(name))
-        npts.append(int(nusc.get("sample_annotation", box.token)["num_lidar_pts"]))
-
-    names, intrinsics, cam_to_lidar, sizes, images = [], [], [], [], []
-    lidar_to_global = _transform(pose["rotation"], pose["translation"]) @ _transform(
-        cs["rotation"], cs["translation"]
-    )
-    for cam in CAMERA_ORDER:
-        if cam not in sample["data"]:
-            continue
-        sd = nusc.get("sample_data", sample["data"][cam])
-        ccs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-        cpose = nusc.get("ego_pose", sd["ego_pose_token"])
-        cam_to_global = _transform(cpose["rotation"], cpose["translation"]) @ _transform(
-            ccs["rotation"], ccs["translation"]
-        )
-        names.append(cam)
-        intrinsics.append(np.asarray(ccs["camera_intrinsic"], dtype=np.float32))
-        cam_to_lidar.append((np.linalg.inv(lidar_to_global) @ cam_to_global).astype(np.float32))
-        sizes.append([sd["height"], sd["width"]])
-        images.append(np.asarray(Image.open(root / sd["filename"]).convert("RGB")).transpose(2, 0, 1))
-
-    rig = None
-    image_tensor = None
-    if names:
-        rig = CameraRig(
-            tuple(names),
-            torch.from_numpy(np.stack(intrinsics)),
-            torch.from_numpy(np.stack(cam_to_lidar)),
-            torch.tensor(sizes, dtype=torch.int64),
-        )
-        image_tensor = torch.from_numpy(np.stack(images).copy())
-
-    typed = Sample(
-        token=sample["token"],
-        points=Points(torch.from_numpy(pts)),
-        boxes=boxes_from_devkit(kept),
-        labels=torch.tensor(labels, dtype=torch.int64),
-        class_names=tuple(class_names),
-        images=image_tensor,
-        cameras=rig,
-    )
-    tables = {t: len(getattr(nusc, t)) for t in nusc.table_names}
-    return LoadedSample(typed, scene["name"], sweeps_used, keyframe.nbr_points(), npts, skipped, tables)
 
 
 def write_pictures(
@@ -179,10 +128,9 @@ def write_pictures(
     return bev, cams
 
 
-def summarize(loaded: LoadedSample, grid: VoxelGrid, t_generate: float, t_load: float) -> str:
+def summarize(loaded: LoadedSample, t_generate: float, t_load: float) -> str:
     """Markdown tables: dataset size, the loaded sample, and boxes per class with their LiDAR points."""
     s = loaded.sample
-    in_range = int(s.points.in_range_mask(grid).sum())
     lines = [
         "| dataset table | records |",
         "|---|---:|",
@@ -192,15 +140,14 @@ def summarize(loaded: LoadedSample, grid: VoxelGrid, t_generate: float, t_load: 
         "|---|---:|",
         f"| scene | {loaded.scene_name} |",
         f"| sweeps merged (keyframe + earlier) | {loaded.num_sweeps} |",
-        f"| keyframe points | {loaded.num_keyframe_points} |",
-        f"| all points | {len(s.points)} |",
-        f"| points inside the point-cloud range | {in_range} |",
+        f"| keyframe points (inside the point-cloud range) | {loaded.num_keyframe_points} |",
+        f"| all points (inside the point-cloud range) | {len(s.points)} |",
         f"| max time lag (s) | {float(s.points.channel('time_lag').max()) if len(s.points) else 0.0:.3f} |",
         f"| ground-truth boxes (detection classes) | {len(s.boxes)} |",
-        f"| annotations of other categories | {sum(loaded.skipped_categories.values())} |",
+        f"| annotations left out (other classes, outside the range) | {sum(loaded.skipped.values())} |",
         f"| cameras | {0 if s.cameras is None else len(s.cameras)} |",
         f"| generate time (s) | {t_generate:.1f} |",
-        f"| devkit load time (s) | {t_load:.1f} |",
+        f"| load time (s) | {t_load:.1f} |",
         "",
         "| class | boxes | LiDAR points in boxes (num_lidar_pts) | mean speed (m/s) |",
         "|---|---:|---:|---:|",

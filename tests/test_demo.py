@@ -58,26 +58,52 @@ def test_demo_writes_pictures(demo_run: tuple[Path, Path, str]) -> None:
     assert cams.std() > 10
 
 
+def _demo_grid(data: Path):
+    from perception.config import load_config
+
+    cfg = load_config(
+        REPO / "configs" / "demo_nuscenes_mini.yaml", [f"data.root={data}", "data.max_sweeps=3"]
+    )
+    return cfg.data.grid
+
+
 def test_demo_sample_agrees_with_the_devkit(demo_run: tuple[Path, Path, str]) -> None:
     from nuscenes import NuScenes
+    from nuscenes.eval.detection.utils import category_to_detection_name
 
-    from perception.demo_scene import load_devkit_sample
+    from perception.demo_scene import load_demo_sample
 
     data, _, _ = demo_run
-    loaded = load_devkit_sample(data, "v1.0-mini", CLASS_NAMES, max_sweeps=3)
+    grid = _demo_grid(data)
+    loaded = load_demo_sample(data, "v1.0-mini", CLASS_NAMES, grid, max_sweeps=3)
     s = loaded.sample
     assert loaded.scene_name in ("scene-0103", "scene-0916")  # the devkit's mini_val scenes
     assert loaded.num_sweeps == 3 and s.points.tensor.shape[1] == 5
+    assert loaded.num_keyframe_points == int((s.points.channel("time_lag") == 0).sum()) > 0
+    assert bool(grid.contains(s.points.xyz).all())  # the dataset's sample: inside the grid
     lags = s.points.channel("time_lag")
     assert float(lags.min()) == 0.0 and 0.05 < float(lags.max()) < 0.2  # 20 Hz sweeps: 0.05 s apart
     assert len(s.boxes) > 0 and s.cameras is not None and s.cameras.names == ("CAM_FRONT",)
+    assert s.images is not None and tuple(s.images.shape[:2]) == (1, 3)
 
-    # The boxes in our convention describe the devkit's boxes in the LiDAR frame: same corners as point sets.
+    # The boxes in our convention describe the devkit's boxes in the LiDAR frame: same corners as point sets;
+    # every devkit box of the detector's classes whose centre lies in the grid is there.
     nusc = NuScenes("v1.0-mini", str(data), verbose=False)
-    _, dk_boxes, _ = nusc.get_sample_data(nusc.get("sample", s.token)["data"]["LIDAR_TOP"])
+    sample_rec = nusc.get("sample", s.token)
+    _, dk_boxes, _ = nusc.get_sample_data(sample_rec["data"]["LIDAR_TOP"])
+    expected = [
+        b.token
+        for b in dk_boxes
+        if category_to_detection_name(b.name) in CLASS_NAMES
+        and bool(grid.contains(np.asarray(b.center, np.float32)[None]).all())
+    ]
+    assert loaded.annotation_tokens == expected
+    by_token = {b.token: b for b in dk_boxes}
     ours = s.boxes.corners().double().numpy()
-    for i, b in enumerate(dk_boxes):
-        np.testing.assert_allclose(np.sort(ours[i], axis=0), np.sort(b.corners().T, axis=0), atol=2e-3)
+    for i, token in enumerate(loaded.annotation_tokens):
+        dk = by_token[token].corners().T
+        np.testing.assert_allclose(np.sort(ours[i], axis=0), np.sort(dk, axis=0), atol=2e-3)
+    assert sum(loaded.skipped.values()) == len(dk_boxes) - len(expected)
 
     # Keyframe points inside each box equal the annotation's num_lidar_pts (independent inside test).
     key = s.points.select(s.points.channel("time_lag") == 0).xyz.double()
@@ -86,9 +112,38 @@ def test_demo_sample_agrees_with_the_devkit(demo_run: tuple[Path, Path, str]) ->
         c, sn = math.cos(float(box[6])), math.sin(float(box[6]))
         lx, ly = d[:, 0] * c + d[:, 1] * sn, -d[:, 0] * sn + d[:, 1] * c
         inside = (lx.abs() <= box[3] / 2) & (ly.abs() <= box[4] / 2) & (d[:, 2].abs() <= box[5] / 2)
-        # the devkit drops points within 1 m of the sensor in from_file_multisweep; objects are farther away
         assert int(inside.sum()) == loaded.num_lidar_pts[i]
     assert torch.isfinite(s.boxes.tensor).all()
+
+
+def test_demo_sweeps_agree_with_the_devkit_merge(demo_run: tuple[Path, Path, str]) -> None:
+    """The earlier sweeps of the dataset's sample are the devkit's ``from_file_multisweep`` points (inside the
+    grid), sweep by sweep. (The keyframe differs by design: the devkit drops its points within 1 m of the
+    sensor, the dataset keeps the keyframe whole, as OpenPCDet does.)"""
+    from nuscenes import NuScenes
+    from nuscenes.utils.data_classes import LidarPointCloud
+    from scipy.spatial import cKDTree
+
+    from perception.demo_scene import load_demo_sample
+
+    data, _, _ = demo_run
+    grid = _demo_grid(data)
+    s = load_demo_sample(data, "v1.0-mini", CLASS_NAMES, grid, max_sweeps=3).sample
+    nusc = NuScenes("v1.0-mini", str(data), verbose=False)
+    pc, times = LidarPointCloud.from_file_multisweep(
+        nusc, nusc.get("sample", s.token), "LIDAR_TOP", "LIDAR_TOP", nsweeps=3
+    )
+    dk = np.concatenate([pc.points[:4].T, times.T], axis=1).astype(np.float32)
+    dk = dk[grid.contains(dk[:, :3])]
+    ours = s.points.tensor.numpy()
+    sweep_lags = sorted(set(np.unique(dk[:, 4]).tolist()) - {0.0})
+    assert len(sweep_lags) == 2
+    for lag in sweep_lags:
+        a, b = ours[np.isclose(ours[:, 4], lag)], dk[np.isclose(dk[:, 4], lag)]
+        assert len(a) == len(b) > 0
+        dist, nearest = cKDTree(b[:, :3]).query(a[:, :3])
+        assert float(dist.max()) < 1e-3 and len(np.unique(nearest)) == len(b)  # one to one
+        np.testing.assert_allclose(a[:, 3], b[nearest, 3])
 
 
 def test_shipped_checkpoint_is_small_and_documented() -> None:

@@ -4,11 +4,12 @@
 
 1. Writes a small synthetic dataset in the real nuScenes v1.0-mini layout into ``data.root`` (if missing),
    through ``tools/create_data.py synthetic`` with the config's ``synthetic`` section.
-2. Loads it with the official devkit (``nuscenes.NuScenes``) and picks the first keyframe of the devkit's
-   ``mini_val`` split.
-3. Builds the typed ``Sample``: the keyframe plus ``data.max_sweeps - 1`` sweeps moved into its LiDAR frame, with
-   a time-lag channel (the devkit's ``LidarPointCloud.from_file_multisweep``), ground-truth boxes and velocities in
-   the LiDAR frame, and the camera rig.
+2. Creates its info files (``data.max_sweeps``, through the official devkit) if missing and loads the first
+   keyframe of the devkit's ``mini_val`` split through ``NuScenesDataset`` (``val`` mode), the loader training
+   and evaluation use.
+3. That typed ``Sample`` holds the keyframe plus ``data.max_sweeps - 1`` sweeps moved into its LiDAR frame, with
+   a time-lag channel, ground-truth boxes and velocities in the LiDAR frame (points and box centres inside
+   ``data.point_cloud_range``), and the camera rig.
 4. Writes ``output/demo/bev.png`` (top view) and ``output/demo/cameras.png`` (six cameras with projected boxes)
    and prints a table of what was loaded.
 5. Runs the shipped detector (``checkpoints/demo_detector.pth``, a DSVT-pillar + CenterPoint model trained on
@@ -74,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(cmd, check=True)
     t_gen = time.perf_counter() - t0
 
-    from perception.demo_scene import load_devkit_sample, summarize, write_pictures
+    from perception.demo_scene import load_demo_sample, summarize, write_pictures
 
     t1 = time.perf_counter()
-    loaded = load_devkit_sample(root, version, cfg.data.class_names, cfg.data.max_sweeps)
+    loaded = load_demo_sample(root, version, cfg.data.class_names, cfg.data.grid, cfg.data.max_sweeps)
     t_load = time.perf_counter() - t1
     bev, cams = write_pictures(loaded, cfg.data.point_cloud_range, args.out)
-    print(summarize(loaded, cfg.data.grid, t_gen, t_load))
+    print(summarize(loaded, t_gen, t_load))
     print(f"\nBEV picture:    {bev}")
     if cams is not None:
         print(f"camera picture: {cams}")
