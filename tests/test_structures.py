@@ -201,6 +201,10 @@ def test_in_range_mask_is_the_voxelizers_rule() -> None:
     mask = Points(pts, ("x", "y", "z")).in_range_mask(grid)
     kept = voxelize(pts, grid, mode="dynamic").point_to_voxel >= 0
     assert torch.equal(mask, kept) and 0 < int(mask.sum()) < len(pts)
+    # The rule this replaced (``lo <= p < hi`` in metres) kept the points just below the upper borders, whose
+    # float32 voxel index rounds up to the grid size: the voxelizer drops them, and now the filter does too.
+    old_rule = ((pts >= torch.tensor(grid.lo)) & (pts < hi)).all(dim=1)
+    assert bool(old_rule[2003:2006].all()) and not bool(mask[2003:2006].any())
 
 
 # ---------------------------------------------------------------------------------------------- cameras

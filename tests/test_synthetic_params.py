@@ -116,3 +116,17 @@ def test_cli_reports_invalid_arguments(tmp_path: Path, capsys: pytest.CaptureFix
         main(["synthetic", "--format", "nuscenes", "--out", str(tmp_path), "--cameras", "rear"])
     with pytest.raises(SystemExit):
         main([])  # a subcommand is required
+
+
+def test_synthetic_classes_are_the_nuscenes_detection_classes() -> None:
+    """The generator models exactly the ten classes of ``perception.formats.nuscenes_names`` (in the devkit's
+    order, with the devkit's category -> detection-name mapping), so its scenes fit every nuScenes config."""
+    from nuscenes.eval.detection.constants import DETECTION_NAMES
+    from nuscenes.eval.detection.utils import category_to_detection_name
+
+    from perception.datasets.synthetic.classes import CLASSES
+    from perception.formats.nuscenes_names import NUSCENES_CLASSES
+
+    assert [c.name for c in CLASSES] == list(DETECTION_NAMES)
+    assert sorted(c.name for c in CLASSES) == sorted(NUSCENES_CLASSES)
+    assert all(category_to_detection_name(c.category) == c.name for c in CLASSES)
