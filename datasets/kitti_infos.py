@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -101,8 +101,9 @@ class KittiAnnotations:
         return KittiAnnotations(objects=objects, **d)
 
 
-#: The :class:`KittiObjects` fields a label (no score) has, stored flat in the info file.
-_LABEL_FIELDS = ("names", "truncated", "occluded", "alpha", "bbox", "dimensions", "location", "rotation_y")
+#: The :class:`KittiObjects` fields a label (no score) has, stored flat in the info file (derived from the one
+#: definition, :class:`perception.formats.kitti_labels.KittiObjects`).
+_LABEL_FIELDS = tuple(f.name for f in fields(KittiObjects) if f.name != "score")
 
 
 @dataclass
