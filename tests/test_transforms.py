@@ -208,6 +208,30 @@ def test_point_range_filter_uses_x_y_and_z() -> None:
     assert out.points.tensor.tolist() == xyz[:3].tolist()  # upper borders excluded, lower included
 
 
+def test_point_range_filter_keeps_what_the_voxelizer_keeps() -> None:
+    """The filter's kept points are exactly the dynamic voxelizer's (``point_to_voxel >= 0``), on and just below
+    the upper borders too (where a float32 quotient rounds up to the grid size) and on the lower borders."""
+    from perception.ops.voxelize import voxelize
+
+    grid = VoxelGrid((-54.0, -54.0, -5.0, 54.0, 54.0, 3.0), (0.075, 0.075, 0.2))
+    lo, hi = torch.tensor(grid.lo), torch.tensor(grid.hi)
+    below = torch.nextafter(hi, torch.tensor(-1e9))  # the largest float32 under each upper border
+    gen = torch.Generator().manual_seed(3)
+    rand = (torch.rand(3000, 3, generator=gen) - 0.5) * 130
+    xyz = torch.cat([rand, hi.expand(2, 3), below.expand(4, 3), lo.expand(2, 3)])
+    # one coordinate at a time on a border, the others inside
+    for axis in range(3):
+        for value in (lo[axis], hi[axis], below[axis], torch.nextafter(lo[axis], torch.tensor(-1e9))):
+            p = torch.zeros(1, 3)
+            p[0, axis] = value
+            xyz = torch.cat([xyz, p])
+    s = Sample("t", Points(xyz, ("x", "y", "z")), Boxes3D.empty(), torch.zeros(0, dtype=torch.int64), CLASSES)
+    out = PointRangeFilter(grid)(s, np.random.default_rng(0))
+    kept = voxelize(xyz, grid, mode="dynamic").point_to_voxel >= 0
+    assert 0 < int(kept.sum()) < len(xyz)
+    assert torch.equal(out.points.tensor, xyz[kept])
+
+
 def test_object_range_filter() -> None:
     boxes = torch.tensor(
         [[0.0, 0.0, 5.0, 1, 1, 1, 0], [10.0, 0.0, 0.0, 1, 1, 1, 0], [-10.0, 5.0, 0.0, 1, 1, 1, 0],
