@@ -72,7 +72,7 @@ def load_demo_sample(
     info = dataset.infos[0]
     dataset.use_cameras = bool(info.cameras)
     sample = dataset[0]
-    kept = dataset._box_mask(info)  # the boxes ``sample`` holds, in order
+    kept = dataset.box_mask(0)  # the annotations ``sample`` holds as boxes, in order
     nusc = NuScenes(version=version, dataroot=str(root), verbose=False)
     return LoadedSample(
         sample=sample,
