@@ -114,7 +114,7 @@ def match_torch_threads() -> int:
     import numba
 
     wanted = torch.get_num_threads()
-    n = max(1, min(wanted, int(numba.config.NUMBA_NUM_THREADS)))
+    n = max(1, min(wanted, int(numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)  # the first call starts numba's layer, which resets the OpenMP runtime ...
     if torch.get_num_threads() != wanted:

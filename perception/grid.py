@@ -84,7 +84,7 @@ class VoxelGrid:
                 raise ValueError(
                     f"point_cloud_range: {name}_min ({rng[axis]}) must be < {name}_max ({rng[axis + 3]})"
                 )
-        lo, hi, sz = np.float32(rng[:3]), np.float32(rng[3:]), np.float32(size)
+        lo, hi, sz = (np.asarray(v, dtype=np.float32) for v in (rng[:3], rng[3:], size))
         cells = [int(math.floor(float(np.float32(hi[a] - lo[a]) / sz[a]) + 0.5)) for a in range(3)]
         if min(cells) < 1:
             raise ValueError(f"point_cloud_range {rng} is smaller than half a voxel {size} on some axis")
@@ -166,7 +166,7 @@ class VoxelGrid:
             raise ValueError(f"points must have shape (N, >={d}), got {p.shape}")
         p32 = p[:, :d].astype(np.float32)
         with np.errstate(invalid="ignore"):
-            idx = np.floor((p32 - np.float32(lo)) / np.float32(size))
+            idx = np.floor((p32 - np.asarray(lo, dtype=np.float32)) / np.asarray(size, dtype=np.float32))
             return ((idx >= 0) & (idx < np.asarray(n))).all(axis=1)
 
     def __repr__(self) -> str:
