@@ -237,6 +237,9 @@ class BEVBackboneConfig(StrictSection):
             raise ValueError("upsample_strides and num_upsample_filters need the same length")
         if len(self.upsample_strides) not in (0, n, n + 1):
             raise ValueError(f"upsample_strides needs 0, {n} or {n + 1} entries for {n} stages")
+        for u in self.upsample_fractions:
+            if u.denominator != 1 and u.numerator != 1:
+                raise ValueError(f"upsample_strides must be integers or 1 / integer, got {float(u):g}")
         levels = set(self.level_strides)
         if len(levels) != 1:
             raise ValueError(
