@@ -74,6 +74,14 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.1 (PyYAML) reads ``1e-3``, ``5e4`` and ``1.0e3`` as strings (its floats need a dot and a signed
+# exponent); YAML 1.2 and every other reader people use take them as numbers. This resolver is tried after
+# PyYAML's own int and float rules, so ``10`` stays an int and ``1.5`` a float as before.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+\Z"),
+    list("-+0123456789."),
+)
 
 
 def _yaml_problem(exc: Exception) -> str:

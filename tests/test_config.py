@@ -485,3 +485,17 @@ def test_add_config_args(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     only_set = argparse.ArgumentParser()
     add_config_args(only_set, config_positional=False)
     assert vars(only_set.parse_args(["--set", "a=1"])) == {"set": ["a=1"]}
+
+
+@pytest.mark.parametrize(
+    "text, value", [("1e-3", 1e-3), ("5E4", 5e4), ("1.0e3", 1e3), (".5e-2", 5e-3), ("+2e-4", 2e-4)]
+)
+def test_exponent_numbers_parse_in_files_and_overrides(tmp_path: Path, text: str, value: float) -> None:
+    """PyYAML (YAML 1.1) reads 1e-3 as a string; the loader reads it as the number people mean."""
+    base = REPO / "configs" / "demo_detector.yaml"
+    f = write(tmp_path / "exp.yaml", f"base: {base}\ntrain:\n  optimizer: {{lr: {text}}}\n")
+    cfg = load_config(f)
+    assert cfg.train is not None and cfg.train.optimizer.lr == pytest.approx(value)
+    cfg = load_config(base, [f"train.optimizer.lr={text}"])
+    assert cfg.train is not None and cfg.train.optimizer.lr == pytest.approx(value)
+    assert parse_overrides(["a=10", "b=abc1e3", "c=1e"]) == [("a", 10), ("b", "abc1e3"), ("c", "1e")]
