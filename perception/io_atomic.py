@@ -8,6 +8,10 @@ existing destination is left untouched. Parent folders are created.
 
 Temporary files are named ``<tmp_prefix><name>.<random>.tmp`` (default prefix ``"."``, i.e. hidden); a process
 killed mid-write can leave one behind, which callers that care (the checkpoint manager) clean up by prefix.
+
+Permissions: as with ordinary file creation, a new file gets ``0o666`` minus the process umask (``tempfile``
+alone would make every file ``0o600``, unreadable to the other users of a shared machine), and a file that is
+replaced keeps its permission bits, as ``open(path, "w")`` keeps them.
 """
 
 from __future__ import annotations
@@ -45,6 +49,29 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux reports it (``/proc/self/status``), else by the
+    classic set-and-restore."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(path: Path) -> int:
+    """Permission bits for ``path``: those of the file it replaces, else ``0o666 & ~umask``."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
 def atomic_write(
     path: str | os.PathLike[str],
     write: Callable[[IO[bytes]], object],
@@ -69,6 +96,8 @@ def atomic_write(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{tmp_prefix}{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -130,3 +130,20 @@ def test_directory_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert calls == [str(tmp_path)]
     fsync_dir(tmp_path / "does-not-exist")  # best effort: no error
     fsync_dir(tmp_path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_new_files_honour_the_umask_and_replaced_files_keep_their_mode(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        assert io_atomic._umask() == umask
+        p = atomic_write_bytes(tmp_path / "new.bin", b"x")
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask
+        with open(tmp_path / "plain.bin", "wb") as f:  # what ordinary creation gives
+            f.write(b"x")
+        assert (tmp_path / "plain.bin").stat().st_mode & 0o777 == p.stat().st_mode & 0o777
+    finally:
+        os.umask(old)
+    os.chmod(p, 0o640)
+    atomic_pickle_dump(p, {"a": 1})
+    assert p.stat().st_mode & 0o777 == 0o640
