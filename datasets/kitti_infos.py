@@ -7,7 +7,14 @@ Output inside the KITTI root (the folder holding ``training/``, ``testing/`` and
 * ``kitti_gt_database/`` -- the ground-truth database (:mod:`perception.datasets.gt_database`) of the train split:
   every labelled non-DontCare object's points (all points of the scan, not only the camera's view) with xyz
   relative to the box centre, its LiDAR-frame box and its KITTI difficulty;
-* ``.perception_cache/`` -- per-frame part files that make an interrupted run resumable (safe to delete).
+* ``.perception_cache/`` -- per-frame part files that make an interrupted run resumable (safe to delete). A
+  frame's part is reused only while its label and calib files have the same contents and its image and velodyne
+  files the same size and mtime (:mod:`perception.datasets.info_split`); an edited frame is computed again.
+
+Bad boxes (the rule of :mod:`perception.formats.box_checks`): a labelled object (not ``DontCare``) with a size
+``h, w, l <= 0`` is dropped from the info and the GT database, with one warning per split that counts them and
+names them ``label_file:line``; a non-finite value is refused by the label reader (``ValueError`` naming
+``file:line``).
 
 Info file format (format version :data:`FORMAT_VERSION`): a pickle (protocol 4) of a plain dict
 ``{"format": "perception.kitti_infos", "format_version": 1, "split": str, "infos": [KittiInfo.to_dict()]}``
@@ -27,14 +34,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from perception.formats.box_checks import box_problems
 from perception.formats.info_pickle import safe_pickle_load
-from perception.formats.kitti_labels import KittiObjects, difficulty, read_label_file
+from perception.formats.info_records import check_fields
+from perception.formats.kitti_labels import KittiObjects, difficulty, label_line_numbers, read_label_file
 from perception.formats.points import KITTI_CHANNELS, load_scan
 
 from .gt_database import GTDatabaseEntry, GTObject, write_sample_objects
-from .info_split import build_split, task_result
+from .info_split import SampleInputs, SplitStats, build_split, inputs_digest, task_result
 from .kitti_calib import KittiCalib, boxes_camera_to_lidar, read_calib_file
-from .prep_runner import PrepStats, crop_box_points, fingerprint
+from .prep_runner import crop_box_points, fingerprint
 
 __all__ = [
     "FORMAT_VERSION",
@@ -50,6 +59,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+#: Version of the cache parts' layout (part of the cache folder's name; bump when a part's content changes).
+_CACHE_VERSION = 2
 _FORMAT = "perception.kitti_infos"
 GT_DATABASE_DIR = "kitti_gt_database"
 KITTI_POINT_CHANNELS = ("x", "y", "z", "intensity")
@@ -171,12 +182,28 @@ def read_image_set(root: str | os.PathLike[str], split: str) -> list[str]:
     return ids
 
 
+def _label_path(split_dir: str, fid: str) -> str:
+    return f"{split_dir}/label_2/{fid}.txt"
+
+
 def _annotations(
     root: Path, split_dir: str, fid: str, calib: KittiCalib, fov_points: np.ndarray
-) -> KittiAnnotations:
-    objs = read_label_file(root / split_dir / "label_2" / f"{fid}.txt")
+) -> tuple[KittiAnnotations, list[str]]:
+    """The frame's labelled objects, and the ``label_file:line`` (relative to the root) of the zero-size ones
+    left out."""
+    rel = _label_path(split_dir, fid)
+    objs = read_label_file(root / rel)
+    lines = label_line_numbers(root / rel)
     care = objs.names != "DontCare"
     dontcare = objs.bbox[~care]
+    problems = box_problems(
+        np.concatenate([objs.location, objs.dimensions, objs.rotation_y[:, None]], axis=1), objs.dimensions
+    )
+    if problems.nonfinite[care].any():  # the reader refuses these already; kept so the rule holds here too
+        bad = [f"{root / rel}:{n}" for n in lines[care & problems.nonfinite]]
+        raise ValueError(f"{', '.join(bad)}: non-finite location, size or rotation")
+    dropped = [f"{rel}:{n}" for n in lines[care & problems.zero_size]]
+    care &= ~problems.zero_size
     objs = dataclasses.replace(objs.select(care), score=None)  # a label file: no scores (also when empty)
     boxes = boxes_camera_to_lidar(objs.location, objs.dimensions, objs.rotation_y, calib).astype(np.float32)
     if len(boxes):
@@ -186,19 +213,24 @@ def _annotations(
         npts = counts.numpy()
     else:
         npts = np.zeros(0, np.int64)
-    return KittiAnnotations(
+    annos = KittiAnnotations(
         objects=objs,
         boxes_lidar=boxes.reshape(-1, 7),
         difficulty=difficulty(objs.bbox, objs.occluded, objs.truncated),
         num_points_in_gt=npts.astype(np.int64),
         dontcare_bbox=dontcare.reshape(-1, 4),
     )
+    return annos, dropped
 
 
 def make_kitti_info(
     root: str | os.PathLike[str], split_dir: str, frame_id: str, with_labels: bool
-) -> tuple[KittiInfo, np.ndarray]:
-    """Build the info of one frame; also returns its finite scan, float32 ``(N, 4)`` (for the GT database).
+) -> tuple[KittiInfo, np.ndarray, list[str]]:
+    """Build the info of one frame.
+
+    Returns:
+        The info; the frame's finite scan, float32 ``(N, 4)`` (for the GT database); the ``label_file:line``
+        (relative to ``root``) of the zero-size objects left out of the info.
 
     Raises:
         FileNotFoundError / ValueError: a missing or malformed velodyne, calib, image or label file (named).
@@ -212,18 +244,30 @@ def make_kitti_info(
         raise FileNotFoundError(f"KITTI image not found: {root / image} (needed for the image size and FOV)")
     with Image.open(root / image) as im:
         width, height = im.size
-    annos = None
+    annos, dropped = None, []
     if with_labels:
         fov = points[calib.in_image(points[:, :3], (height, width))]
-        annos = _annotations(root, split_dir, frame_id, calib, fov)
+        annos, dropped = _annotations(root, split_dir, frame_id, calib, fov)
     info = KittiInfo(frame_id, split_dir, lidar, image, (height, width), calib, annos)
-    return info, points
+    return info, points, dropped
+
+
+def _frame_inputs(split_dir: str, frame_id: str, with_labels: bool) -> SampleInputs:
+    """The files :func:`make_kitti_info` reads for a frame: label and calib by content, image and scan by size
+    and mtime."""
+    calib = f"{split_dir}/calib/{frame_id}.txt"
+    return SampleInputs(
+        content=(_label_path(split_dir, frame_id), calib) if with_labels else (calib,),
+        stat=(f"{split_dir}/image_2/{frame_id}.png", f"{split_dir}/velodyne/{frame_id}.bin"),
+    )
 
 
 def _frame_task(
     root: str, split_dir: str, with_labels: bool, db_dir: str | None, frame_id: str
 ) -> dict[str, Any]:
-    info, points = make_kitti_info(root, split_dir, frame_id, with_labels)
+    inputs = _frame_inputs(split_dir, frame_id, with_labels)
+    digest = inputs_digest(Path(root), inputs)  # before reading: an edit made meanwhile is seen next run
+    info, points, dropped = make_kitti_info(root, split_dir, frame_id, with_labels)
     entries: list[GTDatabaseEntry] = []
     if db_dir is not None and info.annos is not None:
         a = info.annos
@@ -233,7 +277,7 @@ def _frame_task(
             for k in range(len(a))
         ]
         entries = write_sample_objects(db_dir, frame_id, objects)
-    return task_result(info.to_dict(), entries)
+    return task_result(info.to_dict(), entries, inputs=inputs, digest=digest, dropped=dropped)
 
 
 def infos_path(root: str | os.PathLike[str], split: str) -> Path:
@@ -243,34 +287,40 @@ def infos_path(root: str | os.PathLike[str], split: str) -> Path:
 
 def create_kitti_infos(
     root: str | os.PathLike[str], *, workers: int = 0, progress: bool = True, with_gt_database: bool = True
-) -> dict[str, PrepStats]:
+) -> dict[str, SplitStats]:
     """Write ``kitti_infos_<split>.pkl`` (train, val, and test when ``ImageSets/test.txt`` exists) and the GT
-    database of the train split inside ``root``; resumable (see :mod:`perception.datasets.prep_runner`).
+    database of the train split inside ``root``; resumable (see :mod:`perception.datasets.prep_runner`), and a
+    frame whose files changed is computed again.
 
     Returns:
-        ``{split: PrepStats}`` (which frames were computed now and which reused from an earlier run).
+        ``{split: SplitStats}`` (which frames were computed now, which reused from an earlier run, which of the
+        computed ones had changed inputs, and the zero-size boxes dropped).
     """
     root = Path(root).resolve()
     splits = [
         s for s in ("train", "val", "test") if s != "test" or (root / "ImageSets" / "test.txt").is_file()
     ]
     db_dir = root / GT_DATABASE_DIR
-    stats: dict[str, PrepStats] = {}
+    stats: dict[str, SplitStats] = {}
     for split in splits:
         ids = read_image_set(root, split)
         split_dir = _SPLIT_DIR[split]
         with_db = with_gt_database and split == "train"
-        key = fingerprint({"kind": "kitti", "v": FORMAT_VERSION, "split": split, "db": with_db})
+        key = fingerprint(
+            {"kind": "kitti", "v": FORMAT_VERSION, "cache": _CACHE_VERSION, "split": split, "db": with_db}
+        )
         task = partial(_frame_task, str(root), split_dir, split != "test", str(db_dir) if with_db else None)
         stats[split] = build_split(
             ids,
             task,
             root / ".perception_cache" / f"kitti_{split}_{key}",
+            root=root,
             info_path=infos_path(root, split),
             header={"format": _FORMAT, "format_version": FORMAT_VERSION, "split": split},
             db_dir=db_dir if with_db else None,
             point_channels=KITTI_POINT_CHANNELS,
             key_kind="frame",
+            dropped_what=f"label lines (under {root})",
             workers=workers,
             progress=progress,
             desc=f"KITTI {split}",
@@ -278,9 +328,31 @@ def create_kitti_infos(
     return stats
 
 
+#: The keys of an info record's ``"calib"`` (:meth:`KittiInfo.to_dict`).
+_CALIB_FIELDS = ("P", "R0_rect", "Tr_velo_to_cam", "Tr_imu_to_velo")
+#: The keys of an info record's ``"annos"`` (:meth:`KittiAnnotations.to_dict`).
+_ANNOS_FIELDS = _LABEL_FIELDS + tuple(f.name for f in fields(KittiAnnotations) if f.name != "objects")
+
+
+def _info_from_record(record: Any, where: str) -> KittiInfo:
+    """One info record -> :class:`KittiInfo`; ``ValueError`` naming ``where`` and the field if it is malformed."""
+    d = check_fields(record, [f.name for f in fields(KittiInfo)], where)
+    check_fields(d["calib"], _CALIB_FIELDS, f"{where}: calib")
+    if d["annos"] is not None:
+        check_fields(d["annos"], _ANNOS_FIELDS, f"{where}: annos")
+    try:
+        return KittiInfo.from_dict(dict(d))
+    except (TypeError, ValueError, KeyError, IndexError) as e:
+        raise ValueError(f"{where}: malformed record ({type(e).__name__}: {e})") from None
+
+
 def load_kitti_infos(path: str | os.PathLike[str]) -> list[KittiInfo]:
-    """Read an info file written by :func:`create_kitti_infos`; ``ValueError`` naming the file if it is not one
-    (or has another format version)."""
+    """Read an info file written by :func:`create_kitti_infos`.
+
+    Raises:
+        ValueError: not such a file, another format version, or a record with a missing / unknown / malformed
+            field (names the file, the record index and frame, and the field).
+    """
     data = safe_pickle_load(path)
     if not isinstance(data, dict) or data.get("format") != _FORMAT:
         raise ValueError(f"{path}: not a KITTI info file of this project (expected format {_FORMAT!r})")
@@ -289,4 +361,10 @@ def load_kitti_infos(path: str | os.PathLike[str]) -> list[KittiInfo]:
             f"{path}: info format version {data.get('format_version')!r}, this code reads {FORMAT_VERSION}; "
             "re-run tools/create_data.py kitti"
         )
-    return [KittiInfo.from_dict(d) for d in data["infos"]]
+    if not isinstance(data.get("infos"), list):
+        raise ValueError(f"{path}: the header has no 'infos' list; re-run tools/create_data.py kitti")
+    out = []
+    for i, record in enumerate(data["infos"]):
+        fid = record.get("frame_id") if isinstance(record, dict) else None
+        out.append(_info_from_record(record, f"{path}: infos[{i}]" + (f" (frame {fid!r})" if fid else "")))
+    return out

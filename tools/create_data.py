@@ -9,12 +9,16 @@ Subcommands (one per data source):
 * ``kitti --root DIR [--workers N]`` -- info files of train / val (/ test) and the GT database, inside the KITTI
   root (see ``perception.datasets.kitti_infos``).
 
-Info runs are resumable: re-running after an interruption recomputes only the samples not finished before.
+Info runs are resumable: re-running after an interruption recomputes only the samples not finished before, and
+a sample whose inputs changed (an edited annotation or label, a replaced point file) is computed again. Zero-size
+boxes are dropped with a warning and counted in the summary; a NaN / inf annotation, a missing dataroot and
+other bad input files end in one ``error:`` line naming the file (exit code 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -98,10 +102,16 @@ def _add_info_run_args(p: argparse.ArgumentParser) -> None:
 def _report(
     stats: Mapping[str, Any], unit: str, path_of: Callable[[str], Any], db: object, start: float
 ) -> None:
-    """Print what an info run did: per split computed / reused ``unit`` and the info file, the GT database
-    (``db``, or None when skipped) and the wall time since ``start`` (``time.perf_counter``)."""
+    """Print what an info run did: per split computed ``unit`` (and why, when a part was there), reused ones,
+    the zero-size boxes dropped and the info file; the GT database (``db``, or None when skipped) and the wall
+    time since ``start`` (``time.perf_counter``)."""
     for split, st in stats.items():
-        print(f"{split}: {len(st.computed)} {unit} computed, {len(st.reused)} reused -> {path_of(split)}")
+        why = [f"{len(st.changed)} with changed input"] if st.changed else []
+        why += [f"{len(st.corrupt)} with a corrupt cache part"] if st.corrupt else []
+        computed = f"{len(st.computed)} {unit} computed" + (f" ({', '.join(why)})" if why else "")
+        n = len(st.dropped)
+        dropped = f", {n} zero-size box{'' if n == 1 else 'es'} dropped" if n else ""
+        print(f"{split}: {computed}, {len(st.reused)} reused{dropped} -> {path_of(split)}")
     if db is not None:
         print(f"GT database: {db}")
     print(f"done in {time.perf_counter() - start:.1f} s")
@@ -181,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run the subcommand; returns the exit code."""
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
     except (FileNotFoundError, ValueError) as err:  # bad dataset files: one clear line, no traceback

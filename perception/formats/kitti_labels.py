@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ __all__ = [
     "MIN_HEIGHT",
     "KittiObjects",
     "difficulty",
+    "label_line_numbers",
     "load_label_dirs",
     "meets_difficulty",
     "read_ids",
@@ -189,6 +190,21 @@ def _float_field(name: str, value: object, shape: tuple[int, ...]) -> np.ndarray
     return np.ascontiguousarray(arr)
 
 
+def _object_lines(lines: Iterable[str]) -> Iterator[tuple[int, str, list[str]]]:
+    """``(1-based line number, line, columns)`` of every non-blank line: one object each."""
+    for lineno, line in enumerate(lines, start=1):
+        parts = line.split()
+        if parts:
+            yield lineno, line, parts
+
+
+def label_line_numbers(path: str | os.PathLike[str]) -> np.ndarray:
+    """int64 ``(N,)``: the 1-based line in ``path`` of each object :func:`read_label_file` returns (for messages
+    that name an object as ``file:line``)."""
+    with Path(path).open("r", encoding="utf-8") as f:
+        return np.asarray([lineno for lineno, _, _ in _object_lines(f)], dtype=np.int64)
+
+
 def read_label_file(path: str | os.PathLike[str]) -> KittiObjects:
     """Read a KITTI label (15 columns) or result (16 columns, last = score) file.
 
@@ -206,10 +222,7 @@ def read_label_file(path: str | os.PathLike[str]) -> KittiObjects:
     names: list[str] = []
     ncols: int | None = None
     with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
+        for lineno, line, parts in _object_lines(f):
             where = f"{path}:{lineno}"
             if len(parts) not in (_NUM_LABEL_COLS, _NUM_RESULT_COLS):
                 raise ValueError(

@@ -10,14 +10,20 @@ Files inside the dataroot, for ``version`` (``v1.0-mini``: splits ``mini_train``
 
 Info file format (format version :data:`FORMAT_VERSION`): a pickle (protocol 4) of a plain dict
 ``{"format": INFO_FORMAT, "format_version": 1, "version", "split", "max_sweeps", "infos": [NuScenesInfo.to_dict()]}``
-holding only builtins and numpy arrays; read it with :func:`load_nuscenes_infos`. File paths are relative to the
-dataroot. Transforms are float64 ``(4, 4)``.
+holding only builtins and numpy arrays; read it with :func:`load_nuscenes_infos`, which refuses a record with a
+missing or unknown field (``ValueError`` naming the file, the record and the field). File paths are relative to
+the dataroot. Transforms are float64 ``(4, 4)``.
+
+Bad annotation boxes (the rule of :mod:`perception.formats.box_checks`), checked by :func:`make_nuscenes_info`
+before the devkit builds its boxes: a NaN / inf translation, size or rotation is refused (``ValueError`` naming
+the annotation token, its sample and the table file); a size ``<= 0`` is left out of the record and its token
+returned, for the caller's warning.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,9 @@ from nuscenes import NuScenes
 from nuscenes.eval.detection.utils import category_to_detection_name
 from pyquaternion import Quaternion
 
+from .box_checks import box_problems, name_some
 from .info_pickle import safe_pickle_load
+from .info_records import check_fields
 from .nuscenes_boxes import boxes_from_devkit
 from .nuscenes_names import CAMERA_ORDER
 
@@ -136,9 +144,36 @@ def _sensor_to_global(nusc: NuScenes, sd: dict[str, Any]) -> np.ndarray:
     return _pose(nusc.get("ego_pose", sd["ego_pose_token"])) @ _pose(cs)
 
 
-def make_nuscenes_info(nusc: NuScenes, sample_token: str, max_sweeps: int) -> NuScenesInfo:
-    """Build the info of one keyframe through the devkit (``max_sweeps`` counts the keyframe)."""
+def _checked_annotations(nusc: NuScenes, sample: dict[str, Any]) -> list[str]:
+    """The tokens of the sample's zero-size annotations; ``ValueError`` naming the non-finite ones."""
+    anns = [nusc.get("sample_annotation", t) for t in sample["anns"]]
+    if not anns:
+        return []
+    values = np.asarray([[*a["translation"], *a["size"], *a["rotation"]] for a in anns], dtype=np.float64)
+    problems = box_problems(values, np.asarray([a["size"] for a in anns], dtype=np.float64))
+    if problems.nonfinite.any():
+        bad = [anns[i] for i in np.flatnonzero(problems.nonfinite)]
+        a = bad[0]
+        more = f"; also {name_some([b['token'] for b in bad[1:]])}" if len(bad) > 1 else ""
+        raise ValueError(
+            f"{Path(nusc.table_root) / 'sample_annotation.json'}: annotation {a['token']} (sample "
+            f"{sample['token']}) has a non-finite translation {a['translation']}, size {a['size']} or rotation "
+            f"{a['rotation']}{more}; fix or remove it"
+        )
+    return [anns[i]["token"] for i in np.flatnonzero(problems.zero_size)]
+
+
+def make_nuscenes_info(nusc: NuScenes, sample_token: str, max_sweeps: int) -> tuple[NuScenesInfo, list[str]]:
+    """Build the info of one keyframe through the devkit (``max_sweeps`` counts the keyframe).
+
+    Returns:
+        The info, and the tokens of the sample's zero-size annotations, which the info leaves out.
+
+    Raises:
+        ValueError: an annotation of the sample has a NaN / inf translation, size or rotation (token named).
+    """
     sample = nusc.get("sample", sample_token)
+    zero_size = _checked_annotations(nusc, sample)
     lidar_sd = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
     cs = nusc.get("calibrated_sensor", lidar_sd["calibrated_sensor_token"])
     pose = nusc.get("ego_pose", lidar_sd["ego_pose_token"])
@@ -174,20 +209,22 @@ def make_nuscenes_info(nusc: NuScenes, sample_token: str, max_sweeps: int) -> Nu
             )
         )
 
-    _, boxes, _ = nusc.get_sample_data(lidar_sd["token"])
+    _, all_boxes, _ = nusc.get_sample_data(lidar_sd["token"])
+    skip = set(zero_size)
+    boxes = [b for b in all_boxes if b.token not in skip]
     to_lidar_rot = Quaternion(cs["rotation"]).inverse * Quaternion(pose["rotation"]).inverse
     valid_v, names, n_lidar, n_radar = [], [], [], []
     for box in boxes:
         v = nusc.box_velocity(box.token)
         valid_v.append(bool(np.isfinite(v[:2]).all()))
-        box.velocity = to_lidar_rot.rotate(np.nan_to_num(v, nan=0.0))
+        box.velocity = to_lidar_rot.rotate(np.where(np.isfinite(v), v, 0.0))
         names.append(category_to_detection_name(box.name) or IGNORE)
         ann = nusc.get("sample_annotation", box.token)
         n_lidar.append(int(ann["num_lidar_pts"]))
         n_radar.append(int(ann["num_radar_pts"]))
     n_l, n_r = np.asarray(n_lidar, np.int64), np.asarray(n_radar, np.int64)
     scene = nusc.get("scene", sample["scene_token"])
-    return NuScenesInfo(
+    info = NuScenesInfo(
         token=sample_token,
         scene_name=scene["name"],
         timestamp=int(sample["timestamp"]),
@@ -205,6 +242,7 @@ def make_nuscenes_info(nusc: NuScenes, sample_token: str, max_sweeps: int) -> Nu
         valid_flag=(n_l + n_r) > 0,
         annotation_tokens=np.asarray([b.token for b in boxes], dtype=str).reshape(-1),
     )
+    return info, zero_size
 
 
 def split_names(version: str) -> tuple[str, str]:
@@ -227,11 +265,33 @@ def gt_database_dir(root: str | os.PathLike[str], version: str, max_sweeps: int)
     return Path(root) / f"nuscenes_gt_database_{version}_{max_sweeps}sweeps"
 
 
+_INFO_FIELDS = tuple(f.name for f in fields(NuScenesInfo))
+_SWEEP_FIELDS = tuple(f.name for f in fields(SweepInfo))
+_CAMERA_FIELDS = tuple(f.name for f in fields(CameraInfo))
+
+
+def _info_from_record(record: Any, where: str) -> NuScenesInfo:
+    """One info record -> :class:`NuScenesInfo`; ``ValueError`` naming ``where`` and the field if malformed."""
+    d = check_fields(record, _INFO_FIELDS, where)
+    for name, names in (("sweeps", _SWEEP_FIELDS), ("cameras", _CAMERA_FIELDS)):
+        if not isinstance(d[name], list):
+            raise ValueError(f"{where}: {name} must be a list, got {type(d[name]).__name__}")
+        for j, sub in enumerate(d[name]):
+            check_fields(sub, names, f"{where}: {name}[{j}]")
+    try:
+        return NuScenesInfo.from_dict(dict(d))
+    except (TypeError, ValueError, KeyError, IndexError) as e:
+        raise ValueError(f"{where}: malformed record ({type(e).__name__}: {e})") from None
+
+
 def load_nuscenes_infos(path: str | os.PathLike[str]) -> tuple[list[NuScenesInfo], int]:
-    """Read an info file of :func:`perception.datasets.nuscenes_infos.create_nuscenes_infos`: the infos and the ``max_sweeps`` they were built with.
+    """Read an info file of :func:`perception.datasets.nuscenes_infos.create_nuscenes_infos`: the infos and the
+    ``max_sweeps`` they were built with.
 
     Raises:
-        ValueError: not such a file, or another format version (names the file).
+        ValueError: not such a file, another format version, a header without ``infos`` / ``max_sweeps``, or a
+            record with a missing / unknown / malformed field (names the file, the record index and sample token,
+            and the field).
     """
     data = safe_pickle_load(path)
     if not isinstance(data, dict) or data.get("format") != INFO_FORMAT:
@@ -243,4 +303,14 @@ def load_nuscenes_infos(path: str | os.PathLike[str]) -> tuple[list[NuScenesInfo
             f"{path}: info format version {data.get('format_version')!r}, this code reads {FORMAT_VERSION}; "
             "re-run tools/create_data.py nuscenes"
         )
-    return [NuScenesInfo.from_dict(d) for d in data["infos"]], int(data["max_sweeps"])
+    if not isinstance(data.get("infos"), list) or not isinstance(data.get("max_sweeps"), int | np.integer):
+        raise ValueError(
+            f"{path}: the header needs an 'infos' list and an int 'max_sweeps'; re-run tools/create_data.py nuscenes"
+        )
+    infos = []
+    for i, record in enumerate(data["infos"]):
+        token = record.get("token") if isinstance(record, dict) else None
+        infos.append(
+            _info_from_record(record, f"{path}: infos[{i}]" + (f" (sample {token})" if token else ""))
+        )
+    return infos, int(data["max_sweeps"])
