@@ -12,9 +12,10 @@ lies in the range. Boxes with no LiDAR point are **kept** (as the official evalu
 ``min_points_in_gt`` > 0 (OpenPCDet's ``FILTER_MIN_POINTS_IN_GT``), which applies in ``train`` mode only. In
 ``test`` mode no boxes are loaded.
 
-Missing sweep files: ``missing_sweeps="error"`` (default) raises ``FileNotFoundError`` naming the file and the
-sample; ``"skip"`` leaves the sweep out and logs a warning (logger ``perception.datasets.nuscenes``). A missing
-keyframe file is always an error.
+Missing sweep files: ``missing_sweeps="error"`` (default) raises ``FileNotFoundError`` naming the file, the
+sample and the config keys that change it (``data.max_sweeps``, ``data.missing_sweeps``: the tools build this
+dataset from the config); ``"skip"`` leaves the sweep out and logs a warning (logger
+``perception.datasets.nuscenes``). A missing keyframe file is always an error.
 """
 
 from __future__ import annotations
@@ -144,10 +145,25 @@ class NuScenesDataset(DetectionDataset):
         )
         return torch.from_numpy(np.stack(images).copy()), rig
 
+    def _load_points(self, info: NuScenesInfo) -> np.ndarray:
+        try:
+            return load_lidar_points(self.root, info, self.max_sweeps, self.missing_sweeps)
+        except FileNotFoundError:
+            missing = [
+                s.path for s in info.sweeps[: self.max_sweeps - 1] if not (self.root / s.path).is_file()
+            ]
+            if not (self.root / info.lidar_path).is_file() or not missing:
+                raise  # the keyframe: no setting helps
+            raise FileNotFoundError(
+                f"sample {info.token}: sweep file not found: {self.root / missing[0]} (download the sweeps, or "
+                "set data.max_sweeps: 1, or data.missing_sweeps: skip to leave missing sweeps out, e.g. "
+                "--set data.missing_sweeps=skip)"
+            ) from None
+
     def __getitem__(self, index: int) -> Sample:
         self._check_index(index)
         info = self.infos[index]
-        pts = load_lidar_points(self.root, info, self.max_sweeps, self.missing_sweeps)
+        pts = self._load_points(info)
         points = Points(torch.from_numpy(pts), NUSCENES_POINT_CHANNELS)
         points = self._points_in_range(points)
         mask = self._box_mask(info)

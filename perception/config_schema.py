@@ -49,6 +49,10 @@ class DataConfig(StrictSection):
             (within :data:`perception.grid.GRID_TOLERANCE`); the grid itself is :attr:`grid`.
         max_sweeps: LiDAR sweeps per sample including the keyframe (nuScenes: usually 10; KITTI: 1).
         use_cameras: load camera images and calibration alongside the points.
+        missing_sweeps: nuScenes, a sweep file that is missing on disk: ``error`` (default; the message names
+            the file and the sample) or ``skip`` (leave that sweep out, with a warning); e.g.
+            ``--set data.missing_sweeps=skip`` when only part of the sweeps is downloaded. A missing keyframe is
+            always an error. Ignored for KITTI.
     """
 
     dataset: Literal["nuscenes", "kitti"]
@@ -59,6 +63,7 @@ class DataConfig(StrictSection):
     voxel_size: tuple[PositiveFloat, PositiveFloat, PositiveFloat]
     max_sweeps: Int = Field(default=1, ge=1)
     use_cameras: Bool = False
+    missing_sweeps: Literal["error", "skip"] = "error"
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

@@ -6,7 +6,9 @@
 ``GT_DIR`` holds label files ``<id>.txt`` (e.g. ``training/label_2``); ``DET_DIR`` holds result files with the
 16th score column, as written by ``tools/test.py`` or any other KITTI toolkit. A missing result file means no
 detections for that frame. ``--ids`` is a split file (e.g. ``ImageSets/val.txt``); without it every label file in
-``GT_DIR`` is evaluated. Semantics: the official devkit's (see ``perception/evaluation/kitti.py``).
+``GT_DIR`` is evaluated. Semantics: the official devkit's (see ``perception/evaluation/kitti.py``). A label box of
+zero size (``h``, ``w`` or ``l`` <= 0, ``DontCare`` aside) is an error naming its ``file:line``
+(:mod:`perception.evaluation.gt_checks`), as is a malformed line; errors print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write {metric: AP} to this JSON file")
     args = parser.parse_args(argv)
 
+    from perception.evaluation.gt_checks import check_kitti_labels
     from perception.evaluation.kitti import evaluate, format_table, load_label_dirs, read_ids
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     try:
         ids = read_ids(args.ids) if args.ids is not None else None
         names, gts, dts = load_label_dirs(args.gt_dir, args.det_dir, ids)
+        check_kitti_labels(args.gt_dir, names)
         result = evaluate(gts, dts, classes, loose=args.loose, frame_ids=names)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -174,6 +174,10 @@ def build_dataset(
         mode: ``train`` (augmentation of ``train.augment``, ``train.min_points_in_gt``), ``val`` (ground truth,
             no augmentation) or ``test`` (no ground truth).
         train: the ``train:`` section (needed for ``mode="train"``).
+
+    Raises:
+        ValueError: in ``val`` mode, the ground truth the evaluation of ``split`` reads holds a NaN / inf or
+            zero-size box (:mod:`perception.evaluation.gt_checks`): checked here, before any inference.
     """
     d = cfg.data
     if mode == "train" and train is None:
@@ -196,11 +200,20 @@ def build_dataset(
         )
     if d.dataset == "nuscenes":
         from perception.datasets.nuscenes import NuScenesDataset
+        from perception.evaluation.gt_checks import check_nuscenes_split
 
-        return NuScenesDataset(**common)
+        nus = NuScenesDataset(**common, missing_sweeps=d.missing_sweeps)
+        if mode == "val":
+            assert d.version is not None
+            check_nuscenes_split(d.root, d.version, eval_set_name(cfg, split))
+        return nus
     from perception.datasets.kitti import KittiDataset
+    from perception.evaluation.gt_checks import check_kitti_labels, kitti_label_dir
 
-    return KittiDataset(**common)
+    kitti = KittiDataset(**common)
+    if mode == "val":
+        check_kitti_labels(kitti_label_dir(d.root), [i.frame_id for i in kitti.infos])
+    return kitti
 
 
 def build_train_sampler(

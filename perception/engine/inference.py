@@ -8,7 +8,8 @@ re-scores them without running the model.
 Evaluation: nuScenes through the official devkit (:func:`perception.evaluation.nuscenes.evaluate_nuscenes`,
 ``metrics_summary.json`` in the output folder); KITTI by writing the official 16-column result files
 (``<out>/data/<frame>.txt``) and scoring them against ``training/label_2`` with the devkit's semantics
-(:func:`perception.evaluation.kitti.evaluate_label_dirs`).
+(:func:`perception.evaluation.kitti.evaluate_label_dirs`). Both first check the ground truth they read
+(:mod:`perception.evaluation.gt_checks`): a NaN / inf or zero-size box is a ``ValueError`` naming it.
 """
 
 from __future__ import annotations
@@ -162,6 +163,7 @@ def _evaluate_nuscenes(
     from nuscenes import NuScenes
 
     from perception.engine.data import eval_set_name
+    from perception.evaluation.gt_checks import check_nuscenes_ground_truth
     from perception.evaluation.nuscenes import (
         detections_to_nusc_results,
         evaluate_nuscenes,
@@ -170,6 +172,7 @@ def _evaluate_nuscenes(
     )
 
     nusc = NuScenes(version=cfg.data.version, dataroot=str(cfg.data.root), verbose=False)
+    check_nuscenes_ground_truth(nusc, eval_set_name(cfg, split))  # a ValueError, not the devkit's assert
     results = detections_to_nusc_results(nusc, dets, cfg.data.class_names)
     path = write_results_json(results, out / "results_nusc.json")
     metrics = evaluate_nuscenes(nusc, path, eval_set_name(cfg, split), out)
@@ -181,6 +184,7 @@ def _evaluate_kitti(
     cfg: ExperimentConfig, dets: Mapping[str, Detections], split: str, out: Path
 ) -> dict[str, float]:
     from perception.datasets.kitti_infos import infos_path, load_kitti_infos
+    from perception.evaluation.gt_checks import check_kitti_labels, kitti_label_dir
     from perception.evaluation.kitti import evaluate as kitti_evaluate
     from perception.evaluation.kitti import format_table
     from perception.formats.kitti_labels import load_label_dirs, write_result_file
@@ -193,11 +197,12 @@ def _evaluate_kitti(
             f"detections must cover exactly the {len(infos)} frames of KITTI split {split!r}: "
             f"{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} extra (e.g. {extra[:3]})"
         )
+    gt_dir = kitti_label_dir(cfg.data.root)
+    check_kitti_labels(gt_dir, sorted(infos))
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     for fid, info in infos.items():
         write_result_file(data_dir / f"{fid}.txt", kitti_objects(dets[fid], info, cfg.data.class_names))
-    gt_dir = Path(cfg.data.root) / "training" / "label_2"
     classes = [
         c for c in cfg.data.class_names if c.lower() in ("car", "pedestrian", "cyclist", "van", "truck")
     ]
