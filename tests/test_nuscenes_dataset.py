@@ -251,3 +251,40 @@ def _junk(tmp_path: Path) -> Path:
     p = tmp_path / "junk.pkl"
     atomic_pickle_dump(p, {"format": "something else"})
     return p
+
+
+def test_missing_sweeps_is_a_config_key(root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``data.missing_sweeps`` reaches the dataset through ``build_dataset``, and the error names that key."""
+    from perception.config import ConfigError, load_config
+    from perception.engine.data import build_dataset
+    from perception.train_config import TrainConfig
+
+    bad = tmp_path / "no_sweeps"
+    shutil.copytree(root, bad, ignore=shutil.ignore_patterns("sweeps"))
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny_centerpoint_spconv.yaml"
+
+    def dataset(*overrides: str) -> NuScenesDataset:
+        cfg = load_config(config, [f"data.root={bad}", f"data.max_sweeps={SWEEPS}", *overrides])
+        ds = build_dataset(cfg, "train", "train", train=TrainConfig())
+        assert isinstance(ds, NuScenesDataset)
+        return ds
+
+    strict = dataset()
+    first = strict.infos[0].sweeps[0].path
+    with pytest.raises(FileNotFoundError) as err:
+        strict[0]
+    assert str(err.value) == (
+        f"sample {strict.infos[0].token}: sweep file not found: {bad / first} (download the sweeps, or set "
+        "data.max_sweeps: 1, or data.missing_sweeps: skip to leave missing sweeps out, e.g. "
+        "--set data.missing_sweeps=skip)"
+    )
+    skip = dataset("data.missing_sweeps=skip")
+    with caplog.at_level(logging.WARNING, logger="perception.datasets.nuscenes"):
+        s = skip[0]
+    assert len(s.points) > 0 and (s.points.channel("time_lag") == 0).all()
+    assert sum("is missing; skipped" in r.getMessage() for r in caplog.records) == SWEEPS - 1
+    with pytest.raises(ConfigError, match="missing_sweeps"):
+        dataset("data.missing_sweeps=sometimes")
+    (bad / strict.infos[0].lidar_path).unlink()
+    with pytest.raises(FileNotFoundError, match="LiDAR file not found"):  # a keyframe: no setting helps
+        skip[0]
