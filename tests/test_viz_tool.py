@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -200,9 +201,49 @@ def test_visualize_tool_headless(
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{i.token}_render.png" for i in _dataset(nusc_root).infos
     )
-    with pytest.raises(SystemExit, match="info file"):
-        tool.main(["--data", str(REPO / "configs" / "demo_kitti.yaml"), "--set", f"data.root={tmp_path}",
-                   "--headless", str(out)])  # fmt: skip
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert lines and lines[0].startswith("visualize.py: error: "), err
+    assert "Traceback" not in err
+    return err.strip().removeprefix("visualize.py: error: ")
+
+
+def test_visualize_tool_errors_are_one_message(
+    nusc_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncated point file, a bad ``--set`` and a missing info file: the message, exit status 2, no traceback."""
+    tool = _load_tool()
+    root = tmp_path / "nusc"
+    shutil.copytree(nusc_root, root)
+    scan = root / _dataset(root).infos[0].lidar_path
+    size = scan.stat().st_size
+    with open(scan, "r+b") as f:
+        f.truncate(size - 7)
+    config = str(REPO / "configs" / "demo_nuscenes_mini.yaml")
+    base = [
+        "--data",
+        config,
+        "--headless",
+        str(tmp_path / "pics"),
+        "--matplotlib",
+        "--set",
+        f"data.root={root}",
+    ]
+    assert tool.main([*base, "data.max_sweeps=2"]) == 2
+    assert _one_error_line(capsys.readouterr().err) == (
+        f"{scan}: size {size - 7} bytes is not a multiple of 20 bytes (5 float32 values per point); the file is "
+        "truncated or not a 5-channel scan"
+    )
+    assert tool.main([*base, "data.max_sweeps=2", "data.max_sweep=3"]) == 2
+    msg = _one_error_line(capsys.readouterr().err)
+    assert "data.max_sweep: unknown key (in --set data.max_sweep=3)" in msg
+    kitti = ["--data", str(REPO / "configs" / "demo_kitti.yaml"), "--set", f"data.root={tmp_path}"]
+    assert tool.main([*kitti, "--headless", str(tmp_path / "pics")]) == 2
+    assert _one_error_line(capsys.readouterr().err).startswith(
+        f"info file {tmp_path / 'kitti_infos_val.pkl'}"
+    )
 
 
 def _class_rgbs() -> list[tuple[float, float, float]]:

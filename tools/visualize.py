@@ -17,7 +17,9 @@ Detections (``--dets``):
   * KITTI: the folder of result files ``<frame_id>.txt`` (camera frame), converted with each frame's calibration.
 Ground truth is drawn white, detections in class colours (``perception.viz.colours``).
 
-The split's info file must exist: ``tools/create_data.py nuscenes|kitti --root DATA.ROOT ...``.
+The split's info file must exist: ``tools/create_data.py nuscenes|kitti --root DATA.ROOT ...``. A bad config or
+``--set``, a missing info file, a truncated point file or malformed detections end the tool with one line
+``visualize.py: error: ...`` on stderr and exit status 2 (as ``tools/train.py`` and ``tools/test.py``).
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ def build_dataset(cfg: Any, split: str) -> Any:
         path = infos_path_for(data.root, data.version, data.max_sweeps, split)
         _check_infos(path, f"tools/create_data.py nuscenes --root {data.root} --version {data.version} "
                      f"--max-sweeps {data.max_sweeps}")  # fmt: skip
-        return NuScenesDataset(infos_path=path, root=data.root, max_sweeps=data.max_sweeps, **common)
+        return NuScenesDataset(
+            infos_path=path, root=data.root, max_sweeps=data.max_sweeps, missing_sweeps=data.missing_sweeps,
+            **common,
+        )  # fmt: skip
     from perception.datasets.kitti import KittiDataset, infos_path_for
 
     path = infos_path_for(data.root, split)
@@ -55,7 +60,7 @@ def build_dataset(cfg: Any, split: str) -> Any:
 
 def _check_infos(path: Path, command: str) -> None:
     if not path.is_file():
-        raise SystemExit(f"error: info file {path} not found; create it with: python {command}")
+        raise FileNotFoundError(f"info file {path} not found; create it with: python {command}")
 
 
 def load_detections(cfg: Any, dataset: Any, dets: Path) -> dict[str, Any]:
@@ -83,7 +88,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from perception.config import add_config_args, load_config
+    from perception.config import ConfigError, add_config_args
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -123,6 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.score_threshold <= 1.0:
         parser.error(f"--score-threshold must lie in [0, 1], got {args.score_threshold}")
 
+    try:
+        return _run(parser, args)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"visualize.py: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from perception.config import load_config
+
     cfg = load_config(args.data, args.set)
     dataset = build_dataset(cfg, args.split)
     if len(dataset) == 0:
@@ -157,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        print("error: no display (DISPLAY / WAYLAND_DISPLAY unset): use --headless OUT_DIR", file=sys.stderr)
+        print(
+            "visualize.py: error: no display (DISPLAY / WAYLAND_DISPLAY unset): use --headless OUT_DIR",
+            file=sys.stderr,
+        )
         return 2
     from perception.viz.viewer import SceneSource, Viewer
 
