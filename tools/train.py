@@ -13,6 +13,9 @@ Without ``--ckpt`` a run resumes from the newest loadable checkpoint in its ``ck
 is skipped with a warning); ``--pretrained`` loads only matching weights into a fresh run. The command-line flags
 override the config's ``train:`` keys (``--batch-size`` is per process; the global batch and the LR used are
 logged). The data set (synthetic, if the config says so) and its info files are created when missing.
+
+Ctrl-C finishes the running iteration, writes a checkpoint of exactly that state (the log names it) and exits
+with status 130; the same command resumes from it. A second Ctrl-C stops at once without a checkpoint.
 """
 
 from __future__ import annotations
@@ -96,6 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        from perception.engine.interrupt import TrainingInterrupted
+
+        if not isinstance(stop, TrainingInterrupted):  # a TrainingInterrupted has logged where it stopped
+            print("train.py: interrupted by Ctrl-C outside the training loop (nothing saved)", file=sys.stderr)
+        return 130
 
 
 def _train(args: argparse.Namespace, cfg: object) -> int:

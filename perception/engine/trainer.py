@@ -9,8 +9,14 @@ generator states; the data order of an epoch depends only on ``(seed, epoch)`` (
 datasets' per-sample generators, a dedicated ``DataLoader`` generator), and a run resumed part-way through an
 epoch skips the samples already seen. On the CPU in deterministic mode, N iterations straight and N/2 + resume +
 N/2 give bit-identical weights. (Data sets must draw their randomness from per-sample generators, as the project's
-data sets do, not from global generators inside ``DataLoader`` workers.) A Ctrl-C in a single-process run writes a
-best-effort checkpoint of the last completed iteration.
+data sets do, not from global generators inside ``DataLoader`` workers.) Evaluation between epochs leaves every
+generator as it was, so it changes nothing in training and a resume from the epoch's checkpoint continues exactly.
+
+Ctrl-C (single process, main thread; :mod:`perception.engine.interrupt`): the running iteration finishes, a
+checkpoint of exactly that state is written -- the same state a kill -9 + resume would continue from -- and
+:class:`~perception.engine.interrupt.TrainingInterrupted` is raised; during evaluation it stops at once (the state
+is the epoch's end). A second Ctrl-C stops at once without a checkpoint. Multi-process runs keep Python's handler:
+a Ctrl-C stops them without a checkpoint, and they resume from the newest periodic one.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -47,6 +53,7 @@ from perception.engine.distributed import (
     reduce_mean,
     sync_buffers,
 )
+from perception.engine.interrupt import InterruptGuard, TrainingInterrupted
 from perception.engine.logger import ScalarWriter, progress
 from perception.engine.optim import OneCycleSchedule, build_optimizer, effective_lr
 from perception.engine.rng import capture_rng_state, restore_rng_state, seed_everything
@@ -54,7 +61,7 @@ from perception.models.detector import total_loss
 from perception.structures import Batch, Detections, Sample
 from perception.train_config import TrainConfig
 
-__all__ = ["FitResult", "TrainableModel", "Trainer"]
+__all__ = ["FitResult", "TrainableModel", "Trainer", "TrainingInterrupted"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +118,17 @@ class FitResult:
     skipped_steps: int
     losses: list[float] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _FitRun:
+    """Running totals of one :meth:`Trainer.fit` call (iteration and time at its start, losses, log window)."""
+
+    start_iter: int
+    t_start: float
+    history: list[float] = field(default_factory=list)
+    skipped: int = 0
+    window: dict[str, list[float]] = field(default_factory=dict)
 
 
 class Trainer:
@@ -198,6 +216,10 @@ class Trainer:
         self.epoch = 0
         self.iter_in_epoch = 0
         self.iteration = 0
+        self._saved: tuple[int, Path] | None = (
+            None  # (iteration, file) of a checkpoint in ckpt/ of this state
+        )
+        self._mid_iteration = False  # True from the start of a step until its counters have advanced
         self._log_setup()
 
     # ---------------------------------------------------------------------------------------------------------
@@ -263,6 +285,7 @@ class Trainer:
             else self.ckpt.directory / self.ckpt.name_for(self.epoch, self.iter_in_epoch)
         )
         barrier(self.dist)
+        self._saved = (self.iteration, path)
         if self.dist.is_main:
             logger.info("saved checkpoint %s", path)
         return path
@@ -275,6 +298,7 @@ class Trainer:
         self.mp.load_state_dict(state.grad_scaler)
         self.epoch, self.iter_in_epoch = state.epoch, state.iter_in_epoch
         self.iteration = state.iteration
+        self._saved, self._mid_iteration = None, False
         if self.iteration != self.epoch * self.iters_per_epoch + self.iter_in_epoch:
             raise ValueError(
                 f"checkpoint at epoch {self.epoch} + {self.iter_in_epoch} iterations (global {self.iteration}) "
@@ -310,6 +334,8 @@ class Trainer:
         if chosen is None or state is None:
             return None
         self.load_state(state)
+        if self.ckpt is not None and chosen.absolute().parent == self.ckpt.directory:
+            self._saved = (self.iteration, chosen.absolute())
         logger.info(
             "resumed from %s: epoch %d + %d iterations (global iteration %d, next LR %.4g)",
             chosen,
@@ -385,76 +411,171 @@ class Trainer:
 
     def fit(self, max_iterations: int | None = None) -> FitResult:
         """Train until ``cfg.epochs`` are done, or until the global iteration reaches ``max_iterations`` (then a
-        checkpoint is written, so a later :meth:`resume` + :meth:`fit` continues exactly)."""
+        checkpoint is written, so a later :meth:`resume` + :meth:`fit` continues exactly).
+
+        Raises:
+            TrainingInterrupted: Ctrl-C (see the module docstring); ``exact`` says whether the trainer's state is
+                the end of an iteration (then ``checkpoint`` holds it, given a run folder).
+            RuntimeError: an earlier call was stopped mid-iteration; resume a new trainer from a checkpoint.
+        """
         if max_iterations is not None and max_iterations < 0:
             raise ValueError(f"max_iterations must be >= 0, got {max_iterations}")
-        history: list[float] = []
-        skipped = 0
+        if self._mid_iteration:
+            raise RuntimeError(
+                f"this trainer was stopped during iteration {self.iteration + 1} (a second Ctrl-C): its state is "
+                "partly that iteration's; build a new Trainer and resume() from a checkpoint"
+            )
+        run = _FitRun(self.iteration, time.perf_counter())
         metrics: dict[str, float] = {}
         last_ckpt: Path | None = None
         if self.epoch >= self.cfg.epochs:
             logger.info("training already finished (%d epochs)", self.epoch)
-        start_iter, t_start = self.iteration, time.perf_counter()
-        window: dict[str, list[float]] = {}
-        try:
-            while self.epoch < self.cfg.epochs:
-                if max_iterations is not None and self.iteration >= max_iterations:
-                    break
-                self.forward_module.train()
-                loader = self._loader()
-                bar = progress(
-                    loader,
-                    total=self.iters_per_epoch - self.iter_in_epoch,
-                    desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
-                    enabled=self.show_progress,
-                )
-                t_data = time.perf_counter()
-                stopped = False
-                for batch in bar:
-                    batch = batch.to(self.dist.device)
-                    data_s = time.perf_counter() - t_data
-                    terms, total, stepped, fwd_s, bwd_s = self._train_step(batch)
-                    skipped += not stepped
-                    history.append(total if math.isfinite(total) else math.nan)
-                    self.iteration += 1
-                    self.iter_in_epoch += 1
-                    for k, v in {
-                        **terms,
-                        "loss": total,
-                        "data": data_s,
-                        "forward": fwd_s,
-                        "backward": bwd_s,
-                    }.items():
-                        window.setdefault(k, []).append(v)
-                    if self.iteration % self.cfg.log_interval == 0 or self.iteration == self.total_iters:
-                        self._log(window, start_iter, t_start)
-                        window = {}
-                    t_data = time.perf_counter()
+        guard = InterruptGuard(enabled=not self.dist.distributed, saves=self.ckpt is not None)
+        with guard:
+            try:
+                while self.epoch < self.cfg.epochs:
                     if max_iterations is not None and self.iteration >= max_iterations:
-                        stopped = self.iter_in_epoch < self.iters_per_epoch
                         break
-                if stopped:
-                    last_ckpt = self.save_checkpoint()
-                    break
-                self.epoch += 1
-                self.iter_in_epoch = 0
-                if self.epoch % self.cfg.ckpt_interval == 0 or self.epoch == self.cfg.epochs:
-                    last_ckpt = self.save_checkpoint()
-                if (
-                    self.evaluate is not None
-                    and self.cfg.eval_interval
-                    and self.epoch % self.cfg.eval_interval == 0
-                ):
-                    metrics = self.run_evaluation()
-        except KeyboardInterrupt:
-            if not self.dist.distributed and self.ckpt is not None and self.iter_in_epoch:
-                logger.warning("interrupted: saving a checkpoint to resume from")
-                self.save_checkpoint()
-            raise
-        finally:
-            self.writer.flush()
+                    if not self._run_epoch(run, guard, max_iterations):
+                        if guard.requested:
+                            self._stop_at_safe_point()
+                        last_ckpt = self.save_checkpoint()  # max_iterations reached part-way into the epoch
+                        break
+                    self.epoch += 1
+                    self.iter_in_epoch = 0
+                    if self.epoch % self.cfg.ckpt_interval == 0 or self.epoch == self.cfg.epochs:
+                        last_ckpt = self.save_checkpoint()
+                    if guard.requested:
+                        self._stop_at_safe_point()
+                    if (
+                        self.evaluate is not None
+                        and self.cfg.eval_interval
+                        and self.epoch % self.cfg.eval_interval == 0
+                    ):
+                        metrics = self._evaluate_between_epochs(guard)
+                if guard.requested:  # Ctrl-C while the last checkpoint was written: it holds this state
+                    self._stop_at_safe_point()
+            except TrainingInterrupted:
+                raise
+            except KeyboardInterrupt as exc:
+                raise self._stopped_at_once(guard) from exc
+            finally:
+                self.writer.flush()
         sync_buffers(self.model, self.dist)
-        return FitResult(self.epoch, self.iter_in_epoch, self.iteration, last_ckpt, skipped, history, metrics)
+        return FitResult(
+            self.epoch, self.iter_in_epoch, self.iteration, last_ckpt, run.skipped, run.history, metrics
+        )
+
+    def _run_epoch(self, run: _FitRun, guard: InterruptGuard, max_iterations: int | None) -> bool:
+        """Train the rest of the current epoch.
+
+        Returns:
+            True when the epoch is complete; False when it stopped part-way: ``max_iterations`` reached, or a
+            Ctrl-C seen at a safe point (after an iteration, or before a fetched batch is used).
+        """
+        self.forward_module.train()
+        bar = progress(
+            self._loader(),
+            total=self.iters_per_epoch - self.iter_in_epoch,
+            desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+            enabled=self.show_progress,
+        )
+        batches = iter(bar)
+        t_data = time.perf_counter()
+        while self.iter_in_epoch < self.iters_per_epoch:
+            if guard.requested:
+                return False
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except Exception as err:  # DataLoader workers get the terminal's SIGINT too, and end
+                if not guard.requested:
+                    raise
+                logger.info("data loading ended with the Ctrl-C (%s: %s)", type(err).__name__, err)
+                return False
+            if guard.requested:  # the batch that arrived with the Ctrl-C is not used
+                return False
+            batch = batch.to(self.dist.device)
+            data_s = time.perf_counter() - t_data
+            self._mid_iteration = True
+            terms, total, stepped, fwd_s, bwd_s = self._train_step(batch)
+            run.skipped += not stepped
+            run.history.append(total if math.isfinite(total) else math.nan)
+            self.iteration += 1
+            self.iter_in_epoch += 1
+            self._mid_iteration = False
+            for k, v in {**terms, "loss": total, "data": data_s, "forward": fwd_s, "backward": bwd_s}.items():
+                run.window.setdefault(k, []).append(v)
+            if self.iteration % self.cfg.log_interval == 0 or self.iteration == self.total_iters:
+                self._log(run.window, run.start_iter, run.t_start)
+                run.window = {}
+            t_data = time.perf_counter()
+            if max_iterations is not None and self.iteration >= max_iterations:
+                return self.iter_in_epoch >= self.iters_per_epoch
+        return True
+
+    def _evaluate_between_epochs(self, guard: InterruptGuard) -> dict[str, float]:
+        """:meth:`run_evaluation`, leaving every generator as it was; a Ctrl-C stops it at once (the training
+        state is the epoch's end, which is what gets saved)."""
+        rng = capture_rng_state()
+        interrupted = False
+        try:
+            with guard.raising():
+                metrics = self.run_evaluation()
+        except KeyboardInterrupt:
+            if not guard.installed:
+                raise
+            interrupted = True
+        finally:
+            restore_rng_state(rng)
+            self.model.train()
+        if interrupted:
+            logger.warning("Ctrl-C during the evaluation of epoch %d: evaluation stopped", self.epoch)
+            self._stop_at_safe_point()
+        return metrics
+
+    def _stop_at_safe_point(self) -> NoReturn:
+        """After a Ctrl-C, at the end of an iteration: make sure a checkpoint holds this state, then stop."""
+        path: Path | None = None
+        if self._saved is not None and self._saved[0] == self.iteration and self._saved[1].is_file():
+            path = self._saved[1]
+            logger.info("Ctrl-C: the newest checkpoint %s already holds this state", path)
+        elif self.ckpt is not None:
+            path = self.save_checkpoint()
+        if path is not None:
+            message = (
+                f"interrupted by Ctrl-C after iteration {self.iteration} (epoch {self.epoch} + "
+                f"{self.iter_in_epoch} iterations); checkpoint {path} holds that state; running the same "
+                "command again resumes from it"
+            )
+        else:
+            message = (
+                f"interrupted by Ctrl-C after iteration {self.iteration} (epoch {self.epoch} + "
+                f"{self.iter_in_epoch} iterations); no run folder, nothing saved; fit() continues from here"
+            )
+        logger.warning(message)
+        raise TrainingInterrupted(message, iteration=self.iteration, exact=True, checkpoint=path)
+
+    def _stopped_at_once(self, guard: InterruptGuard) -> TrainingInterrupted:
+        """The error for a ``KeyboardInterrupt`` that was not deferred to a safe point (nothing is saved)."""
+        if self._mid_iteration:
+            where = f"during iteration {self.iteration + 1}: the state is partly that iteration's, so"
+        else:
+            where = f"after iteration {self.iteration}:"
+        why = (
+            "a second Ctrl-C stops at once"
+            if guard.installed
+            else "Ctrl-C stops at once here (multi-process run, or SIGINT has a handler other than Python's)"
+        )
+        message = (
+            f"interrupted {where} no checkpoint of it was written ({why}); running again resumes from the newest "
+            "checkpoint"
+        )
+        logger.warning(message)
+        return TrainingInterrupted(
+            message, iteration=self.iteration, exact=not self._mid_iteration, checkpoint=None
+        )
 
     def run_evaluation(self) -> dict[str, float]:
         """Call ``evaluate(model, epoch)`` on rank 0 (others wait) and log the metrics."""
