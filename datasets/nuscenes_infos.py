@@ -57,15 +57,18 @@ __all__ = ["create_nuscenes_infos"]
 _CACHE_VERSION = 2
 
 
-# The devkit object of the current run; worker processes forked from the parent share it copy-on-write.
-_NUSC: dict[tuple[str, str], NuScenes] = {}
+# The devkit object of the current run; worker processes forked from the parent share it copy-on-write. Keyed by
+# the root, the version and the size + mtime of every table file, so edited tables are loaded again.
+_NUSC: dict[tuple[str, str, tuple[tuple[str, int, int], ...]], NuScenes] = {}
 
 
 def _devkit(root: str, version: str) -> NuScenes:
-    if (root, version) not in _NUSC:
+    tables = sorted((Path(root) / version).glob("*.json"))
+    key = (root, version, tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in tables))
+    if key not in _NUSC:
         _NUSC.clear()
-        _NUSC[(root, version)] = NuScenes(version=version, dataroot=root, verbose=False)
-    return _NUSC[(root, version)]
+        _NUSC[key] = NuScenes(version=version, dataroot=root, verbose=False)
+    return _NUSC[key]
 
 
 @contextmanager
