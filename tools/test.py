@@ -5,11 +5,21 @@
     python tools/test.py CONFIG --eval-all CKPT_DIR          # every checkpoint in the folder not scored yet
     python tools/test.py CONFIG --from-dets FILE             # re-score saved detections, no inference
 
-Results go to ``<output_root>/<config-stem>/<extra-tag>/eval/<checkpoint-stem>/<split>/``: ``metrics.json``,
-the devkit's ``metrics_summary.json`` / ``metrics_details.json`` and ``results_nusc.json`` (nuScenes) or the
-KITTI result files ``data/<frame>.txt``, and with ``--save-dets`` the raw detections ``detections.pth`` (what
-``--from-dets`` reads). ``--eval-all`` appends each scored checkpoint to ``eval/eval_all_list.txt`` and skips those
-already listed, writes ``eval/eval_all.json`` and TensorBoard scalars per epoch to ``tensorboard_eval/``.
+Results go to ``<output_root>/<config-stem>/<extra-tag>/eval/<checkpoint-stem>-<hash>/<split>/``, where
+``<checkpoint-stem>`` is the file name without ``checkpoint_`` and ``.pth`` and ``<hash>`` the first 8 hex digits
+of the SHA-256 of the checkpoint file (``eval/epoch_5-1a2b3c4d/val/``): every run names its checkpoints
+``checkpoint_epoch_N.pth``, so the results of two runs' checkpoints never share a folder. The folder holds
+``checkpoint.json`` (the checkpoint's path, size and SHA-256), ``metrics.json``, the devkit's
+``metrics_summary.json`` / ``metrics_details.json`` and ``results_nusc.json`` (nuScenes) or the KITTI result files
+``data/<frame>.txt``, and with ``--save-dets`` the raw detections ``detections.pth`` (what ``--from-dets`` reads).
+``--from-dets FILE`` writes to ``eval/from_dets/<file-stem>-<hash>/<split>/`` with ``detections_file.json``.
+``--eval-all`` appends each scored checkpoint's folder name (``epoch_5-1a2b3c4d``) to ``eval/eval_all_list.txt``
+and skips checkpoints whose name is listed (the same content, from any folder), writes ``eval/eval_all.json``
+(metrics by folder name) and TensorBoard scalars per epoch to ``tensorboard_eval/``.
+
+Before inference, the ground truth the evaluation will read is checked (nuScenes: the devkit's annotations of the
+split; KITTI: the split's label files): a NaN / inf or zero-size box is an error naming the annotation tokens or
+``file:line`` (:mod:`perception.evaluation.gt_checks`), not a devkit ``AssertionError`` after the inference.
 """
 
 from __future__ import annotations
@@ -86,7 +96,7 @@ def _test(args: argparse.Namespace, cfg: Any) -> int:
         save_detections,
     )
     from perception.engine.logger import ScalarWriter, setup_logging
-    from perception.engine.paths import run_dir_for
+    from perception.engine.paths import FileIdentity, claim_result_dir, result_name, run_dir_for
 
     run_dir = run_dir_for(args.config, cfg.output_root, args.extra_tag)
     setup_logging(run_dir / "log_test.txt")
@@ -100,7 +110,10 @@ def _test(args: argparse.Namespace, cfg: Any) -> int:
             raise ValueError(
                 f"{args.from_dets} holds classes {list(names)}, the config has {list(cfg.data.class_names)}"
             )
-        out = eval_root / "from_dets" / split
+        ident = FileIdentity.of(args.from_dets)
+        out = claim_result_dir(
+            eval_root / "from_dets" / result_name(ident) / split, ident, "detections_file.json"
+        )
         metrics = evaluate_detections(cfg, dets, split, out)
         print(f"{args.from_dets}: {_summary(metrics)}\nresults in {out}")
         return 0
@@ -110,17 +123,17 @@ def _test(args: argparse.Namespace, cfg: Any) -> int:
     from perception.models.build import build_detector
 
     prepare_data(cfg)
-    dataset = build_dataset(cfg, split, "val")
+    dataset = build_dataset(cfg, split, "val")  # checks the ground truth the evaluation will read
 
-    def score(ckpt: Path) -> dict[str, float]:
+    def score(ckpt: Path, ident: FileIdentity) -> dict[str, float]:
         model = build_detector(cfg.model, cfg.data)
         load_model_weights(model, ckpt, strict=True).check_class_names(cfg.data.class_names)
+        out = claim_result_dir(eval_root / result_name(ident) / split, ident, "checkpoint.json")
         model.to(device)
         dets = run_inference(
             model, dataset, batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp,
             show_progress=not args.no_progress,
         )  # fmt: skip
-        out = eval_root / ckpt.stem.removeprefix("checkpoint_") / split
         if args.save_dets:
             save_detections(dets, cfg.data.class_names, out / "detections.pth")
         metrics = evaluate_detections(cfg, dets, split, out)
@@ -128,7 +141,7 @@ def _test(args: argparse.Namespace, cfg: Any) -> int:
         return metrics
 
     if args.ckpt is not None:
-        score(args.ckpt)
+        score(args.ckpt, FileIdentity.of(args.ckpt))
         return 0
 
     manager = CheckpointManager(args.eval_all, keep_last=1 << 30, clean_stale=False)
@@ -137,20 +150,21 @@ def _test(args: argparse.Namespace, cfg: Any) -> int:
     summary_path = eval_root / "eval_all.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     writer = ScalarWriter(run_dir / "tensorboard_eval")
-    todo = [c for c in manager.checkpoints() if c.name not in done]
+    found = [(c, FileIdentity.of(c)) for c in manager.checkpoints()]
+    todo = [(c, ident) for c, ident in found if result_name(ident) not in done]
     if not todo:
-        print(f"no new checkpoint in {args.eval_all} (already scored: {len(done)})")
-    for ckpt in todo:
-        metrics = score(ckpt)
+        print(f"no new checkpoint in {args.eval_all}: all {len(found)} are listed in {listed}")
+    for ckpt, ident in todo:
+        metrics = score(ckpt, ident)
         key = CheckpointManager.sort_key(ckpt)
         writer.add_scalars(
             {f"eval/{k}": v for k, v in metrics.items() if not math.isnan(v)}, key[0] if key else 0
         )
-        summary[ckpt.name] = {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
+        summary[result_name(ident)] = {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
         eval_root.mkdir(parents=True, exist_ok=True)
         summary_path.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         with open(listed, "a", encoding="utf-8") as f:
-            f.write(ckpt.name + "\n")
+            f.write(result_name(ident) + "\n")
     writer.close()
     return 0
 
