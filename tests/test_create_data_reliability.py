@@ -354,6 +354,8 @@ def test_kitti_zero_size_box_dropped(
         cols[8:11] = ["0", "1.6", "3.9"]
 
     _edit_label(root, frame, line, flatten)
+    empty = read_image_set(root, "train")[1]  # and a frame without objects: nothing to check, nothing dropped
+    (root / "training" / "label_2" / f"{empty}.txt").write_text("")
     with caplog.at_level(logging.WARNING):
         assert create_data(["kitti", "--root", str(root), "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -372,6 +374,8 @@ def test_kitti_zero_size_box_dropped(
     db = GTDatabase(root / "kitti_gt_database")
     assert sum(len([e for e in db.entries(c) if e.sample_token == frame]) for c in db.classes) == care - 1
     assert all((db.boxes(c)[:, 3:6] > 0).all() for c in db.classes)
+    info = next(i for i in load_kitti_infos(root / "kitti_infos_train.pkl") if i.frame_id == empty)
+    assert info.annos is not None and len(info.annos) == 0
 
 
 def test_kitti_nonfinite_label_is_one_line(

@@ -48,7 +48,7 @@ def box_problems(values: np.ndarray, sizes: np.ndarray) -> BoxProblems:
     values = np.asarray(values, dtype=np.float64)
     sizes = np.asarray(sizes, dtype=np.float64)
     k = len(sizes)
-    values = values.reshape(k, -1)
+    values = values.reshape(k, -1) if k else values.reshape(0, 0)  # (0, -1) is ambiguous for numpy
     sizes = sizes.reshape(k, 3)
     nonfinite = ~np.isfinite(values).all(axis=1) | ~np.isfinite(sizes).all(axis=1)
     zero_size = ~nonfinite & (np.where(np.isfinite(sizes), sizes, 1.0) <= 0).any(axis=1)
