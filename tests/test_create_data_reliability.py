@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from nuscenes.utils.splits import create_splits_scenes
 
 from perception.datasets.gt_database import GTDatabase
 from perception.datasets.kitti_infos import create_kitti_infos, load_kitti_infos, read_image_set
@@ -116,6 +117,18 @@ def _first_annotation_with_next(root: Path, sample_token: str) -> str:
     return next(r["token"] for r in rows if r["sample_token"] == sample_token and r["next"])
 
 
+def _tokens_of_split(root: Path, devkit_split: str) -> list[str]:
+    """Sample tokens of the first scene of ``devkit_split`` (synthetic scenes name their split)."""
+    scenes = {r["name"]: r for r in json.loads((root / VERSION / "scene.json").read_text())}
+    name = sorted(set(create_splits_scenes()[devkit_split]) & set(scenes))[0]
+    samples = {r["token"]: r for r in json.loads((root / VERSION / "sample.json").read_text())}
+    out, tok = [], scenes[name]["first_sample_token"]
+    while tok:
+        out.append(tok)
+        tok = samples[tok]["next"]
+    return out
+
+
 @pytest.mark.parametrize("delete_infos", [True, False])
 def test_nuscenes_edited_annotation_is_recomputed(nus_src: Path, tmp_path: Path, delete_infos: bool) -> None:
     """Issue 13.1: an annotation edited in place (a train one and a val one) recomputes exactly the samples
@@ -194,20 +207,6 @@ def test_nuscenes_zero_size_boxes_dropped(
     assert len(db) > 0 and all((db.boxes(c)[:, 3:6] > 0).all() for c in db.classes)
 
 
-def _tokens_of_split(root: Path, devkit_split: str) -> list[str]:
-    """Sample tokens of the first scene of ``devkit_split`` (synthetic scenes name their split)."""
-    from nuscenes.utils.splits import create_splits_scenes
-
-    scenes = {r["name"]: r for r in json.loads((root / VERSION / "scene.json").read_text())}
-    name = sorted(set(create_splits_scenes()[devkit_split]) & set(scenes))[0]
-    samples = {r["token"]: r for r in json.loads((root / VERSION / "sample.json").read_text())}
-    out, tok = [], scenes[name]["first_sample_token"]
-    while tok:
-        out.append(tok)
-        tok = samples[tok]["next"]
-    return out
-
-
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_nuscenes_nonfinite_annotation_is_one_line(
     nus_src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: float
@@ -248,36 +247,47 @@ def test_nuscenes_missing_root_or_version_is_one_line(
     assert "it holds v1.0-mini" in err[0]
 
 
+def _without(data: dict[str, Any], *path: str | int) -> dict[str, Any]:
+    """A deep copy of ``data`` with the field at ``path`` (keys / list indices, the last one a key) removed."""
+    out = pickle.loads(pickle.dumps(data))
+    node = out
+    for step in path[:-1]:
+        node = node[step]
+    del node[path[-1]]
+    return out
+
+
 def test_info_file_with_missing_field(nus_src: Path, kitti_src: Path, tmp_path: Path) -> None:
     """Issue 13.6: an info file with the right header whose record lacks a field is a ValueError naming the
     file, the record and the field (was a TypeError / KeyError)."""
+    bad = tmp_path / "bad.pkl"
     root = _copy(nus_src, tmp_path / "nus")
     create_nuscenes_infos(root, VERSION, max_sweeps=SWEEPS, progress=False, with_gt_database=False)
     good = safe_pickle_load(infos_path(root, VERSION, SWEEPS, "train"))
-    token = good["infos"][1]["token"]
-    bad = tmp_path / "nus_bad.pkl"
-    for cut, field in ((lambda d: d["infos"][1].pop("gt_boxes"), "'gt_boxes'"),
-                       (lambda d: d["infos"][1]["sweeps"][0].pop("time_lag"), "'time_lag'")):  # fmt: skip
-        data = pickle.loads(pickle.dumps(good))
-        cut(data)
-        atomic_pickle_dump(bad, data)
-        with pytest.raises(ValueError, match="missing field") as err:
+    where = f"{bad}: infos[1] (sample {good['infos'][1]['token']})"
+    cases = {
+        ("infos", 1, "gt_boxes"): f"{where}: missing field 'gt_boxes'",
+        ("infos", 1, "sweeps", 0, "time_lag"): f"{where}: sweeps[0]: missing field 'time_lag'",
+    }
+    for path, message in cases.items():
+        atomic_pickle_dump(bad, _without(good, *path))
+        with pytest.raises(ValueError) as err:
             load_nuscenes_infos(bad)
-        assert str(bad) in str(err.value) and f"infos[1] (sample {token})" in str(err.value)
-        assert field in str(err.value)
+        assert str(err.value) == message
 
     kroot = _copy(kitti_src, tmp_path / "kitti")
     create_kitti_infos(kroot, progress=False, with_gt_database=False)
     good = safe_pickle_load(kroot / "kitti_infos_train.pkl")
-    for cut, field in ((lambda d: d["infos"][0].pop("calib"), "calib"),
-                       (lambda d: d["infos"][0]["annos"].pop("difficulty"), "annos: missing field 'difficulty'")):  # fmt: skip
-        data = pickle.loads(pickle.dumps(good))
-        cut(data)
-        atomic_pickle_dump(bad, data)
-        with pytest.raises(ValueError, match="missing field") as err:
+    where = f"{bad}: infos[0] (frame {good['infos'][0]['frame_id']!r})"
+    cases = {
+        ("infos", 0, "calib"): f"{where}: missing field 'calib'",
+        ("infos", 0, "annos", "difficulty"): f"{where}: annos: missing field 'difficulty'",
+    }
+    for path, message in cases.items():
+        atomic_pickle_dump(bad, _without(good, *path))
+        with pytest.raises(ValueError) as err:
             load_kitti_infos(bad)
-        assert f"{bad}: infos[0] (frame '{good['infos'][0]['frame_id']}')" in str(err.value)
-        assert field in str(err.value)
+        assert str(err.value) == message
 
 
 # ------------------------------------------------------------------------------------------------ KITTI
