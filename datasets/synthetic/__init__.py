@@ -14,19 +14,29 @@ from typing import Any
 from .lidar import LidarScan, cast_scan, make_lidar_scan, scan_scene
 from .params import LidarSpec, SyntheticParams, hdl32e, hdl64e
 from .scene import Scene, SceneObject, generate_scene
+from .staging import dataset_marker, write_staged
 
 
 def generate(params: SyntheticParams, out: str | Path) -> dict[str, Any]:
-    """Write a synthetic data set in ``params.format`` under ``out``; returns the writer's summary dict."""
+    """Write a synthetic data set in ``params.format`` under ``out``; returns the writer's summary dict.
+
+    The files are written into a hidden sibling of ``out`` and moved into place when complete
+    (:func:`~perception.datasets.synthetic.staging.write_staged`): a generation killed half-way leaves ``out``
+    as it was, and its partial folder is removed by the next one.
+    """
     if not isinstance(params, SyntheticParams):
         raise TypeError(f"params must be a SyntheticParams, got {type(params).__name__}")
+    out = Path(out).absolute()
+    marker = dataset_marker(params.format, params.version)
     if params.format == "nuscenes":
         from .nuscenes_writer import write_nuscenes
 
-        return write_nuscenes(params, out)
+        summary = write_staged(out, lambda folder: write_nuscenes(params, folder), marker=marker)
+        return {**summary, "dataroot": str(out)}
     from .kitti_writer import write_kitti
 
-    return write_kitti(params, out)
+    summary = write_staged(out, lambda folder: write_kitti(params, folder), marker=marker)
+    return {**summary, "root": str(out)}
 
 
 __all__ = [
@@ -36,6 +46,7 @@ __all__ = [
     "SceneObject",
     "SyntheticParams",
     "cast_scan",
+    "dataset_marker",
     "generate",
     "generate_scene",
     "hdl32e",

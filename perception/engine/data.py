@@ -75,14 +75,28 @@ def eval_set_name(cfg: ExperimentConfig, split: str) -> str:
 def prepare_data(cfg: ExperimentConfig, *, workers: int = 0, progress: bool = False) -> None:
     """Make sure ``data.root`` holds the data set and its info files (generate / create what is missing).
 
-    Call it on one process only (rank 0), then synchronise.
+    Call it on one process only (rank 0), then synchronise. A synthetic set is generated into a hidden sibling
+    folder and moved into place when complete (:func:`perception.datasets.synthetic.generate`), so a run killed
+    while generating leaves ``data.root`` without it, and the next run generates it again.
 
     Raises:
-        FileNotFoundError: ``data.root`` lacks the data set and the config has no ``synthetic`` section.
+        FileNotFoundError: ``data.root`` lacks the data set and the config has no ``synthetic`` section; or
+            (synthetic KITTI) it holds ``training/`` without the split files, as a generation killed by an older
+            version of this code left it.
     """
+    from perception.datasets.synthetic import dataset_marker
+
     d = cfg.data
     root = Path(d.root)
-    present = (root / (d.version or "")).is_dir() if d.dataset == "nuscenes" else (root / "training").is_dir()
+    present = (root / dataset_marker(d.dataset, d.version)).is_dir()
+    if present and cfg.synthetic is not None and d.dataset == "kitti":
+        missing = [s for s in ("train", "val") if not (root / "ImageSets" / f"{s}.txt").is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"data.root {root} holds training/ but not ImageSets/{missing[0]}.txt: a synthetic generation "
+                f"was interrupted there (before generation became atomic); delete {root} and run again to "
+                "generate it anew"
+            )
     if not present:
         if cfg.synthetic is None:
             raise FileNotFoundError(
