@@ -1,7 +1,8 @@
 """``tools/train.py`` + ``tools/test.py`` end to end on a tiny synthetic nuScenes-mini set with the tiny
 CenterPoint config: the output folder layout, TensorBoard scalars (every loss term, LR, data / forward / backward
 time), the loss falling over two dozen iterations, stop + auto-resume from the command line, official devkit
-metrics, and re-scoring saved detections without inference giving the same metrics."""
+metrics, re-scoring saved detections without inference giving the same metrics, and Ctrl-C (exit status 130, a
+checkpoint of the last completed iteration, resumed by the same command)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ pytestmark = pytest.mark.slow
 
 
 def _run(tool: str, *args: str, tmp: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    cmd, env = _command(tool, *args, tmp=tmp)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp)
+
+
+def _command(tool: str, *args: str, tmp: Path) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of ``tools/<tool> CONFIG *args`` on the tiny data set under ``tmp``."""
     overrides = [
         f"data.root={tmp / 'data'}",
         f"output_root={tmp / 'out'}",
@@ -38,7 +45,7 @@ def _run(tool: str, *args: str, tmp: Path, timeout: float = 300) -> subprocess.C
         *overrides,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp)
+    return cmd, env
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +196,38 @@ def test_tools_report_bad_usage(tmp_path: Path, capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         test.main([str(CONFIG), "--ckpt", missing, "--from-dets", missing])  # type: ignore[attr-defined]
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_train_py_saves_the_last_iteration_and_resumes(trained: Path) -> None:
+    """SIGINT mid-run: exit status 130, one log line naming the checkpoint of the last completed iteration, and
+    the same command resumes from it."""
+    import re
+    import signal
+
+    from perception.engine.checkpoint import load_checkpoint
+
+    tmp = trained.parents[2]
+    args = ["--epochs", "40", "--batch-size", "1", "--extra-tag", "ctrl_c", "--set", "train.log_interval=1"]
+    cmd, env = _command("train.py", *args, tmp=tmp)
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp) as proc:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if " iter 3/80 " in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        lines += proc.stderr.readlines()
+        assert proc.wait(timeout=120) == 130, "".join(lines)[-3000:]
+    err = "".join(lines)
+    assert "Ctrl-C: finishing the current iteration, then stopping and saving a checkpoint" in err
+    m = re.search(
+        r"interrupted by Ctrl-C after iteration (\d+) \(.*\); checkpoint (\S+) holds that state", err
+    )
+    assert m is not None, err[-3000:]
+    assert "Traceback" not in err
+    iteration, checkpoint = int(m.group(1)), Path(m.group(2))
+    assert iteration >= 3 and load_checkpoint(checkpoint).iteration == iteration
+    again = _run("train.py", *args, "--max-iterations", str(iteration + 1), tmp=tmp)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {checkpoint}" in again.stderr
