@@ -566,7 +566,7 @@ class Trainer:
         why = (
             "a second Ctrl-C stops at once"
             if guard.installed
-            else "Ctrl-C stops at once here (multi-process run, or SIGINT has a handler other than Python's)"
+            else "in a multi-process run, or with a SIGINT handler other than Python's, Ctrl-C stops at once"
         )
         message = (
             f"interrupted {where} no checkpoint of it was written ({why}); running again resumes from the newest "
