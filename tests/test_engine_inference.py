@@ -57,6 +57,17 @@ def test_run_inference_in_order_and_restores_mode() -> None:
         run_inference(model, data, batch_size=0)
 
 
+def test_run_inference_leaves_the_global_generator_alone() -> None:
+    """An evaluation between epochs must not shift the training's random stream (dropout, augmentation)."""
+    model = StandInDetector()
+    data = SyntheticSet(size=3)
+    torch.manual_seed(7)
+    run_inference(model, data, batch_size=2, show_progress=False)
+    after = torch.rand(4)
+    torch.manual_seed(7)
+    assert torch.equal(after, torch.rand(4))
+
+
 @pytest.mark.slow
 def test_kitti_evaluation_matches_scoring_the_labels(tmp_path: Path) -> None:
     from perception.datasets.kitti_infos import create_kitti_infos, infos_path, load_kitti_infos

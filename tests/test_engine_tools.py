@@ -97,29 +97,30 @@ def test_tensorboard_scalars_and_loss_falls(trained: Path) -> None:
 
 
 def test_test_py_official_metrics_and_rescoring(trained: Path) -> None:
+    from perception.engine.paths import FileIdentity, result_name
+
     tmp = trained.parents[2]
+    name = {e: result_name(FileIdentity.of(trained / "ckpt" / f"checkpoint_epoch_{e}.pth")) for e in (11, 12)}
     # --eval-all scores every checkpoint of the folder not listed as done yet: mark epoch 11 done
     (trained / "eval").mkdir(exist_ok=True)
-    (trained / "eval" / "eval_all_list.txt").write_text("checkpoint_epoch_11.pth\n")
+    (trained / "eval" / "eval_all_list.txt").write_text(name[11] + "\n")
     res = _run("test.py", "--eval-all", str(trained / "ckpt"), "--save-dets", tmp=tmp)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert (trained / "eval" / "eval_all_list.txt").read_text().split() == [
-        "checkpoint_epoch_11.pth",
-        "checkpoint_epoch_12.pth",
-    ]
-    assert not (trained / "eval" / "epoch_11").exists()
+    assert (trained / "eval" / "eval_all_list.txt").read_text().split() == [name[11], name[12]]
+    assert not (trained / "eval" / name[11]).exists()
     summary = json.loads((trained / "eval" / "eval_all.json").read_text())
-    assert list(summary) == ["checkpoint_epoch_12.pth"]
+    assert list(summary) == [name[12]]
     assert any((trained / "tensorboard_eval").iterdir())
-    out = trained / "eval" / "epoch_12" / "val"
-    for name in (
+    out = trained / "eval" / name[12] / "val"
+    for file in (
+        "checkpoint.json",
         "metrics.json",
         "metrics_summary.json",
         "metrics_details.json",
         "results_nusc.json",
         "detections.pth",
     ):
-        assert (out / name).is_file(), name
+        assert (out / file).is_file(), file
     metrics = json.loads((out / "metrics.json").read_text())
     devkit = json.loads((out / "metrics_summary.json").read_text())
     assert metrics["mAP"] == devkit["mean_ap"] and metrics["NDS"] == devkit["nd_score"]
@@ -128,9 +129,10 @@ def test_test_py_official_metrics_and_rescoring(trained: Path) -> None:
 
     again = _run("test.py", "--from-dets", str(out / "detections.pth"), tmp=tmp)
     assert again.returncode == 0, again.stderr[-3000:]
-    rescored = json.loads((trained / "eval" / "from_dets" / "val" / "metrics.json").read_text())
+    dets_name = result_name(FileIdentity.of(out / "detections.pth"))
+    rescored = json.loads((trained / "eval" / "from_dets" / dets_name / "val" / "metrics.json").read_text())
     assert rescored == metrics
-    assert summary["checkpoint_epoch_12.pth"] == metrics
+    assert summary[name[12]] == metrics
 
 
 def test_gt_sampling_augmentation_and_fade(trained: Path) -> None:

@@ -102,13 +102,14 @@ def _add_info_run_args(p: argparse.ArgumentParser) -> None:
 def _report(
     stats: Mapping[str, Any], unit: str, path_of: Callable[[str], Any], db: object, start: float
 ) -> None:
-    """Print what an info run did: per split computed ``unit`` (and why, when a part was there), reused ones,
+    """Print what an info run did: per split how many of ``unit`` (singular: "sample") were computed (and why, when a part was there), reused ones,
     the zero-size boxes dropped and the info file; the GT database (``db``, or None when skipped) and the wall
     time since ``start`` (``time.perf_counter``)."""
     for split, st in stats.items():
         why = [f"{len(st.changed)} with changed input"] if st.changed else []
         why += [f"{len(st.corrupt)} with a corrupt cache part"] if st.corrupt else []
-        computed = f"{len(st.computed)} {unit} computed" + (f" ({', '.join(why)})" if why else "")
+        c = len(st.computed)
+        computed = f"{c} {unit}{'' if c == 1 else 's'} computed" + (f" ({', '.join(why)})" if why else "")
         n = len(st.dropped)
         dropped = f", {n} zero-size box{'' if n == 1 else 'es'} dropped" if n else ""
         print(f"{split}: {computed}, {len(st.reused)} reused{dropped} -> {path_of(split)}")
@@ -147,7 +148,7 @@ def _run_nuscenes(args: argparse.Namespace) -> int:
     )
     _report(
         stats,
-        "samples",
+        "sample",
         lambda split: infos_path(args.root, args.version, args.max_sweeps, split),
         None if args.no_gt_database else gt_database_dir(args.root, args.version, args.max_sweeps),
         start,
@@ -174,7 +175,7 @@ def _run_kitti(args: argparse.Namespace) -> int:
         args.root, workers=args.workers, progress=not args.quiet, with_gt_database=not args.no_gt_database
     )
     db = None if args.no_gt_database else f"{args.root}/{GT_DATABASE_DIR}"
-    _report(stats, "frames", lambda split: infos_path(args.root, split), db, start)
+    _report(stats, "frame", lambda split: infos_path(args.root, split), db, start)
     return 0
 
 

@@ -103,7 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from perception.engine.interrupt import TrainingInterrupted
 
         if not isinstance(stop, TrainingInterrupted):  # a TrainingInterrupted has logged where it stopped
-            print("train.py: interrupted by Ctrl-C outside the training loop (nothing saved)", file=sys.stderr)
+            print(
+                "train.py: interrupted by Ctrl-C outside the training loop (nothing saved)", file=sys.stderr
+            )
         return 130
 
 
@@ -166,8 +168,12 @@ def _train(args: argparse.Namespace, cfg: object) -> int:
             sum(p.numel() for p in model.parameters()) / 1e6,
         )
 
+        # Built (and its ground truth checked) before the first iteration: bad val annotations stop the run now,
+        # not at the first evaluation after an epoch of training.
+        val_set = build_dataset(cfg, val_split, "val") if train.eval_interval else None
+
         def evaluate(m: torch.nn.Module, epoch: int) -> dict[str, float]:
-            val_set = build_dataset(cfg, val_split, "val")
+            assert val_set is not None  # evaluate is only called with train.eval_interval set
             dets = run_inference(
                 m, val_set, batch_size=train.batch_size, workers=train.workers, device=dist.device,
                 amp=train.amp, show_progress=not args.no_progress,

@@ -66,7 +66,14 @@ def run_inference(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=Batch.collate
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=Batch.collate,
+        generator=torch.Generator().manual_seed(
+            0
+        ),  # the loader's seed draw leaves the global generator alone
     )
     mp = MixedPrecision(amp, device)
     was_training = model.training
