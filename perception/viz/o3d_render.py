@@ -201,10 +201,10 @@ def render_scene(
         raise ValueError(f"background must be 3 values in [0, 1], got {background}")
     if not (point_size > 0 and line_width > 0):
         raise ValueError(f"point_size and line_width must be > 0, got {point_size}, {line_width}")
+    r = _renderer(camera.width, camera.height)  # first: where open3d cannot even import, this says why
     import open3d as o3d
     from open3d.visualization import rendering
 
-    r = _renderer(camera.width, camera.height)
     r.scene.clear_geometry()
     r.scene.set_background([*bg, 1.0])
     r.scene.view.set_post_processing(False)
