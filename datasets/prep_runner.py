@@ -197,12 +197,11 @@ def _existing_parts(
         path = part_path(cache, k)
         if not path.is_file():
             continue
+        # an unreadable / malformed part is a cache miss: recompute it, never fail the run
         try:
             result = _read_part(path, k)
             ok = still_valid is None or still_valid(k, result)
-        except (
-            Exception
-        ) as e:  # an unreadable / malformed part is a cache miss: recompute, never fail the run
+        except Exception as e:
             corrupt[k] = f"{type(e).__name__}: {e}"
             continue
         if ok:

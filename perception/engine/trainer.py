@@ -216,9 +216,8 @@ class Trainer:
         self.epoch = 0
         self.iter_in_epoch = 0
         self.iteration = 0
-        self._saved: tuple[int, Path] | None = (
-            None  # (iteration, file) of a checkpoint in ckpt/ of this state
-        )
+        # (iteration, file) of the checkpoint in ckpt/ that holds the current state, if one does
+        self._saved: tuple[int, Path] | None = None
         self._mid_iteration = False  # True from the start of a step until its counters have advanced
         self._log_setup()
 
