@@ -10,9 +10,12 @@
 Outputs go to ``<output_root>/<config-stem>/<extra-tag>/``: ``log.txt``, ``config.yaml`` (the resolved config),
 ``ckpt/checkpoint_epoch_<N>.pth``, ``tensorboard/`` and ``eval/epoch_<N>/`` (with ``train.eval_interval``).
 Without ``--ckpt`` a run resumes from the newest loadable checkpoint in its ``ckpt/`` folder (a corrupt newest file
-is skipped with a warning); ``--pretrained`` loads only matching weights into a fresh run. The command-line flags
-override the config's ``train:`` keys (``--batch-size`` is per process; the global batch and the LR used are
-logged). The data set (synthetic, if the config says so) and its info files are created when missing.
+is skipped with a warning); a resume the checkpoint refuses (its LR schedule -- LR, epochs, batch or world size --
+differs from the run's) exits with status 2, logs the reason in ``log.txt`` too and changes no other file of the
+run folder (``config.yaml`` is written only once the resume check passed). ``--pretrained`` loads only matching
+weights into a fresh run. The command-line flags override the config's ``train:`` keys (``--batch-size`` is per
+process; the global batch and the LR used are logged). The data set (synthetic, if the config says so) and its
+info files are created when missing.
 
 Ctrl-C finishes the running iteration, writes a checkpoint of exactly that state (the log names it) and exits
 with status 130; the same command resumes from it. A second Ctrl-C stops at once without a checkpoint.
@@ -140,7 +143,6 @@ def _train(args: argparse.Namespace, cfg: object) -> int:
         if dist.is_main:
             logger.info("command: %s", shlex.join([sys.argv[0], *(sys.argv[1:])]))
             logger.info("run folder: %s", run_dir)
-            save_config(cfg, run_dir / "config.yaml")
         threads = align_numba_threads()
         logger.info("threads per process: %d (torch and numba)", threads)
         seed_everything(train.seed + dist.rank)
@@ -193,7 +195,13 @@ def _train(args: argparse.Namespace, cfg: object) -> int:
             sync_bn=args.sync_bn,
             show_progress=not args.no_progress,
         )
-        trainer.resume(args.ckpt)
+        try:
+            trainer.resume(args.ckpt)
+        except ValueError as err:  # CheckpointError included; the run folder is left as it was, save log.txt
+            logger.error("resume refused: %s", err)
+            return 2
+        if dist.is_main:  # only now: a refused resume leaves the config its checkpoints were made with
+            save_config(cfg, run_dir / "config.yaml")
         result = trainer.fit(max_iterations=args.max_iterations)
         trainer.writer.close()
         logger.info(

@@ -210,9 +210,6 @@ class Trainer:
             if self.run_dir is not None
             else None
         )
-        self.writer = ScalarWriter(
-            self.run_dir / "tensorboard" if self.run_dir else None, enabled=self.dist.is_main
-        )
         self.epoch = 0
         self.iter_in_epoch = 0
         self.iteration = 0
@@ -220,6 +217,12 @@ class Trainer:
         self._saved: tuple[int, Path] | None = None
         self._mid_iteration = False  # True from the start of a step until its counters have advanced
         self._log_setup()
+
+    @functools.cached_property
+    def writer(self) -> ScalarWriter:
+        """TensorBoard scalars under ``run_dir/tensorboard``, opened on first use (not in the constructor), so a
+        trainer whose :meth:`resume` is refused leaves no new event file in the run folder."""
+        return ScalarWriter(self.run_dir / "tensorboard" if self.run_dir else None, enabled=self.dist.is_main)
 
     # ---------------------------------------------------------------------------------------------------------
     def _log_setup(self) -> None:
@@ -323,6 +326,8 @@ class Trainer:
 
         Raises:
             FileNotFoundError / CheckpointError: an explicit ``path`` that does not load.
+            ValueError: the checkpoint does not fit this run (LR schedule, iterations per epoch); nothing in
+                ``run_dir`` is written (the TensorBoard writer opens only on first use).
         """
         if path is not None:
             chosen: Path | None = Path(path)
