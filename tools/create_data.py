@@ -181,7 +181,9 @@ def _run_kitti(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``create_data.py`` argument parser with one subparser per data source."""
-    parser = argparse.ArgumentParser(prog="create_data.py", description=__doc__.splitlines()[0])
+    from perception.cli import ToolParser  # OpenPCDet's --a_b spellings, --cfg_file
+
+    parser = ToolParser(prog="create_data.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synthetic(sub)
     _add_nuscenes(sub)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    from perception.cli import ToolParser  # OpenPCDet's --a_b spellings, --cfg_file
+
+    parser = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("gt_dir", type=Path, help="folder of KITTI label files")
     parser.add_argument("det_dir", type=Path, help="folder of KITTI result files (16 columns)")
     parser.add_argument("--ids", type=Path, default=None, help="split file with one frame id per line")

@@ -34,11 +34,10 @@ logger = logging.getLogger("perception.tools.train")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from perception.cli import ToolParser  # OpenPCDet's --a_b spellings, --cfg_file
     from perception.config import add_config_args
 
-    p = argparse.ArgumentParser(
-        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = ToolParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
     p.add_argument(
         "--batch-size", type=int, default=None, help="samples per process and step (train.batch_size)"

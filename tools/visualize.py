@@ -88,11 +88,10 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from perception.cli import ToolParser  # OpenPCDet's --a_b spellings, --cfg_file
     from perception.config import ConfigError, add_config_args
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--data", type=Path, required=True, metavar="CONFIG", help="experiment YAML (its data part)"
     )
