@@ -3,7 +3,13 @@
 
     python tools/test.py CONFIG --ckpt PATH [--save-dets] [--extra-tag TAG] [--split val] [--set KEY=VALUE ...]
     python tools/test.py CONFIG --eval-all CKPT_DIR          # every checkpoint in the folder not scored yet
+    python tools/test.py CONFIG --eval-all [--ckpt-dir DIR]  # the same, OpenPCDet's form (default DIR: the run's ckpt/)
+    python tools/test.py CONFIG --eval-all CKPT_DIR --max-waiting-mins 30   # also wait for a running training's
     python tools/test.py CONFIG --from-dets FILE             # re-score saved detections, no inference
+    torchrun --nproc-per-node 2 tools/test.py CONFIG --ckpt PATH --launcher pytorch   # inference on 2 processes
+
+OpenPCDet's spellings work too: ``--cfg_file CONFIG`` for the positional config, and ``--a_b`` for every ``--a-b``
+flag (``--eval_all --ckpt_dir DIR``, ``--batch_size``, ``--extra_tag``, ``--max_waiting_mins``).
 
 Results go to ``<output_root>/<config-stem>/<extra-tag>/eval/<checkpoint-stem>-<hash>/<split>/``, where
 ``<checkpoint-stem>`` is the file name without ``checkpoint_`` and ``.pth`` and ``<hash>`` the first 8 hex digits
@@ -15,7 +21,15 @@ of the SHA-256 of the checkpoint file (``eval/epoch_5-1a2b3c4d/val/``): every ru
 ``--from-dets FILE`` writes to ``eval/from_dets/<file-stem>-<hash>/<split>/`` with ``detections_file.json``.
 ``--eval-all`` appends each scored checkpoint's folder name (``epoch_5-1a2b3c4d``) to ``eval/eval_all_list.txt``
 and skips checkpoints whose name is listed (the same content, from any folder), writes ``eval/eval_all.json``
-(metrics by folder name) and TensorBoard scalars per epoch to ``tensorboard_eval/``.
+(metrics by folder name) and TensorBoard scalars per epoch to ``tensorboard_eval/``. With ``--max-waiting-mins N``
+(default 0: score what is there and stop; OpenPCDet waits 30) it then polls the folder every ``--poll-seconds``
+(30) and scores each new checkpoint, oldest first, until no new one appeared for ``N`` minutes or the checkpoint of
+the last epoch (``train.epochs`` of the checkpoint's config) is scored. Only ``checkpoint_epoch_*.pth`` files are
+read: training writes a checkpoint to a hidden temporary file and renames it, so a listed file is complete.
+
+``--launcher pytorch`` (under ``torchrun``): rank ``r`` of ``W`` runs inference on samples ``r, r + W, ...``,
+rank 0 gathers the detections, scores them and writes every file (the metrics equal a single process's); gloo on
+the CPU, nccl on GPUs (see :mod:`perception.engine.distributed`).
 
 Before inference, the ground truth the evaluation will read is checked (nuScenes: the devkit's annotations of the
 split; KITTI: the split's label files): a NaN / inf or zero-size box is an error naming the annotation tokens or
@@ -29,24 +43,57 @@ import json
 import logging
 import math
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 logger = logging.getLogger("perception.tools.test")
 
 
+def _minutes(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number of minutes >= 0, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from perception.cli import ToolParser
     from perception.config import add_config_args
 
-    p = argparse.ArgumentParser(
-        prog="test.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = ToolParser(prog="test.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--ckpt", type=Path, help="checkpoint to evaluate")
     what.add_argument(
-        "--eval-all", type=Path, metavar="CKPT_DIR", help="evaluate every checkpoint in this folder"
+        "--eval-all",
+        type=Path,
+        nargs="?",
+        const=True,
+        metavar="CKPT_DIR",
+        help="evaluate every checkpoint in CKPT_DIR; without CKPT_DIR: in --ckpt-dir, else the run's ckpt/",
+    )
+    p.add_argument("--ckpt-dir", type=Path, metavar="DIR", help="the folder of --eval-all (OpenPCDet's form)")
+    p.add_argument(
+        "--max-waiting-mins",
+        type=_minutes,
+        default=0.0,
+        metavar="N",
+        help="--eval-all: wait up to N minutes for each new checkpoint (default 0: do not wait)",
+    )
+    p.add_argument(
+        "--poll-seconds", type=_seconds, default=30.0, help="--eval-all: look for new checkpoints this often"
+    )
+    p.add_argument(
+        "--launcher", choices=["none", "pytorch"], default="none", help="pytorch: started by torchrun"
     )
     what.add_argument("--from-dets", type=Path, metavar="FILE", help="score a detections file of --save-dets")
     p.add_argument("--save-dets", action="store_true", help="also save the raw detections (detections.pth)")
@@ -78,33 +125,70 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _eval_all_folder(args: argparse.Namespace, run_dir: Path) -> Path | None:
+    """The folder ``--eval-all`` scores (its value, ``--ckpt-dir``, or the run's ``ckpt/``), checked; None without
+    ``--eval-all``."""
+    if args.eval_all is None:
+        for flag, value in (("--ckpt-dir", args.ckpt_dir), ("--max-waiting-mins", args.max_waiting_mins)):
+            if value:
+                raise ValueError(f"{flag} is read by --eval-all only (OpenPCDet: --eval_all --ckpt_dir DIR)")
+        return None
+    if args.eval_all is True:
+        folder = args.ckpt_dir if args.ckpt_dir is not None else run_dir / "ckpt"
+    elif args.ckpt_dir is not None:
+        raise ValueError(f"--eval-all {args.eval_all} and --ckpt-dir {args.ckpt_dir}: give the folder once")
+    else:
+        folder = args.eval_all
+    if folder.is_file():
+        raise ValueError(
+            f"--eval-all {folder}: a file, not a folder of checkpoints (score one file with --ckpt)"
+        )
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--eval-all {folder}: no such folder")
+    return Path(folder)
+
+
 def _test(args: argparse.Namespace, cfg: Any) -> int:
     if args.from_dets is not None and not args.from_dets.is_file():
         raise FileNotFoundError(f"--from-dets {args.from_dets}: no such file")
     if args.ckpt is not None and not args.ckpt.is_file():
         raise FileNotFoundError(f"--ckpt {args.ckpt}: no such checkpoint file")
-    if args.eval_all is not None and not args.eval_all.is_dir():
-        raise FileNotFoundError(f"--eval-all {args.eval_all}: no such folder")
-    import torch
+    from perception.engine.distributed import cleanup_distributed, init_distributed
+    from perception.engine.paths import run_dir_for
 
-    from perception.engine.checkpoint import CheckpointManager, load_model_weights
+    run_dir = run_dir_for(args.config, cfg.output_root, args.extra_tag)
+    folder = _eval_all_folder(args, run_dir)
+    try:
+        info = init_distributed(args.launcher)
+    except RuntimeError as err:
+        raise ValueError(str(err).replace("tools/train.py", "tools/test.py")) from err
+    try:
+        return _test_ranks(args, cfg, run_dir, folder, info)
+    finally:
+        cleanup_distributed(info)
+
+
+def _test_ranks(args: argparse.Namespace, cfg: Any, run_dir: Path, folder: Path | None, info: Any) -> int:
+    """:func:`_test` on every rank of the job (one rank without ``--launcher pytorch``); rank 0 writes."""
+    from perception.engine.checkpoint import load_model_weights
     from perception.engine.data import build_dataset, prepare_data
+    from perception.engine.distributed import barrier
     from perception.engine.inference import (
         evaluate_detections,
         load_detections,
         run_inference,
         save_detections,
     )
-    from perception.engine.logger import ScalarWriter, setup_logging
-    from perception.engine.paths import FileIdentity, claim_result_dir, result_name, run_dir_for
+    from perception.engine.logger import setup_logging
+    from perception.engine.paths import FileIdentity, claim_result_dir, result_name
 
-    run_dir = run_dir_for(args.config, cfg.output_root, args.extra_tag)
-    setup_logging(run_dir / "log_test.txt")
+    setup_logging(run_dir / "log_test.txt", info.rank)
     split = args.split or (cfg.train.val_split if cfg.train and cfg.train.val_split else "val")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     eval_root = run_dir / "eval"
 
     if args.from_dets is not None:
+        if not info.is_main:
+            return 0  # no inference: rank 0 scores the file
         dets, names = load_detections(args.from_dets)
         if names != tuple(cfg.data.class_names):
             raise ValueError(
@@ -122,51 +206,171 @@ def _test(args: argparse.Namespace, cfg: Any) -> int:
         raise ValueError(f"{args.config}: the config has no 'model:' section")
     from perception.models.build import build_detector
 
-    prepare_data(cfg)
+    if info.is_main:
+        prepare_data(cfg)
+    barrier(info)
     dataset = build_dataset(cfg, split, "val")  # checks the ground truth the evaluation will read
 
-    def score(ckpt: Path, ident: FileIdentity) -> dict[str, float]:
+    def score(ckpt: Path, ident: FileIdentity | None) -> Scored:
+        """Score one checkpoint on every rank; ``ident`` and the returned metrics on rank 0 only."""
         model = build_detector(cfg.model, cfg.data)
-        load_model_weights(model, ckpt, strict=True).check_class_names(cfg.data.class_names)
-        out = claim_result_dir(eval_root / result_name(ident) / split, ident, "checkpoint.json")
-        model.to(device)
+        loaded = load_model_weights(model, ckpt, strict=True)
+        loaded.check_class_names(cfg.data.class_names)
+        train = loaded.checkpoint.config.get("train") if loaded.checkpoint is not None else None
+        epochs = train.get("epochs") if isinstance(train, dict) else None
+        epochs = epochs if isinstance(epochs, int) else None
+        out = None
+        if ident is not None:  # rank 0: a folder of other content is refused before the inference
+            out = claim_result_dir(eval_root / result_name(ident) / split, ident, "checkpoint.json")
+        model.to(info.device)
         dets = run_inference(
-            model, dataset, batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp,
-            show_progress=not args.no_progress,
+            model, dataset, batch_size=args.batch_size, workers=args.workers, device=info.device, amp=args.amp,
+            show_progress=not args.no_progress, dist=info,
         )  # fmt: skip
+        if out is None:
+            return Scored(None, epochs)
         if args.save_dets:
             save_detections(dets, cfg.data.class_names, out / "detections.pth")
         metrics = evaluate_detections(cfg, dets, split, out)
-        print(f"{ckpt}: {_summary(metrics)}\nresults in {out}")
-        return metrics
+        print(f"{ckpt}: {_summary(metrics)}\nresults in {out}", flush=True)
+        return Scored(metrics, epochs)
 
     if args.ckpt is not None:
-        score(args.ckpt, FileIdentity.of(args.ckpt))
+        score(args.ckpt, FileIdentity.of(args.ckpt) if info.is_main else None)
         return 0
+    assert folder is not None
+    from perception.train_config import TrainConfig
 
-    manager = CheckpointManager(args.eval_all, keep_last=1 << 30, clean_stale=False)
+    final_epoch = (cfg.train or TrainConfig()).epochs
+    _eval_all(args, folder, eval_root, run_dir / "tensorboard_eval", score, info, final_epoch)
+    return 0
+
+
+class Scored(NamedTuple):
+    """What scoring one checkpoint gave: ``metrics`` (rank 0; None on the others) and ``epochs``, the
+    ``train.epochs`` of the checkpoint's config (None for a bare ``state_dict`` file).
+
+    (A NamedTuple, not a dataclass: the tests load this file without registering it in ``sys.modules``.)"""
+
+    metrics: dict[str, float] | None
+    epochs: int | None
+
+
+class _Identities:
+    """The checkpoints of a folder with their content identity, hashed once per (size, mtime) of each file."""
+
+    def __init__(self, folder: Path) -> None:
+        from perception.engine.checkpoint import CheckpointManager
+
+        self.manager = CheckpointManager(folder, keep_last=1 << 30, clean_stale=False)  # never deletes
+        self._cache: dict[Path, tuple[tuple[int, int], Any]] = {}
+
+    def list(self) -> list[tuple[Path, Any]]:
+        """``(path, FileIdentity)`` of every ``checkpoint_epoch_*.pth``, oldest first; a file deleted meanwhile
+        (a training's ``keep_last``) is left out."""
+        from perception.engine.paths import FileIdentity
+
+        found = []
+        for path in self.manager.checkpoints():
+            try:
+                st = path.stat()
+                key = (st.st_size, st.st_mtime_ns)
+                if path not in self._cache or self._cache[path][0] != key:
+                    self._cache[path] = (key, FileIdentity.of(path))
+            except FileNotFoundError:
+                continue
+            found.append((path, self._cache[path][1]))
+        return found
+
+
+def _eval_all(
+    args: argparse.Namespace,
+    folder: Path,
+    eval_root: Path,
+    tensorboard: Path,
+    score: Any,
+    info: Any,
+    final_epoch: int,
+) -> None:
+    """Score every checkpoint of ``folder`` not listed yet, then (``--max-waiting-mins``) wait for new ones.
+
+    Rank 0 lists the folder and decides (score a file, wait, stop); the decision goes to every rank, so all ranks
+    score the same checkpoints. ``final_epoch`` is updated from each scored checkpoint's config.
+    """
+    from perception.engine.checkpoint import CheckpointManager
+    from perception.engine.distributed import all_gather_object
+    from perception.engine.logger import ScalarWriter
+    from perception.engine.paths import result_name
+
     listed = eval_root / "eval_all_list.txt"
-    done = set(listed.read_text().split()) if listed.is_file() else set()
     summary_path = eval_root / "eval_all.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    writer = ScalarWriter(run_dir / "tensorboard_eval")
-    found = [(c, FileIdentity.of(c)) for c in manager.checkpoints()]
-    todo = [(c, ident) for c, ident in found if result_name(ident) not in done]
-    if not todo:
-        print(f"no new checkpoint in {args.eval_all}: all {len(found)} are listed in {listed}")
-    for ckpt, ident in todo:
-        metrics = score(ckpt, ident)
+    done: set[str] = set()
+    summary: dict[str, Any] = {}
+    writer = None
+    if info.is_main:
+        done = set(listed.read_text().split()) if listed.is_file() else set()
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        writer = ScalarWriter(tensorboard)
+    files = _Identities(folder)
+    wait_s = args.max_waiting_mins * 60.0
+    deadline = time.monotonic() + wait_s
+    scored, said_waiting = 0, False
+    ident = None  # rank 0: the identity of the checkpoint being scored
+    while True:
+        decision: str | None = None  # a checkpoint to score, "" to wait, None to stop
+        if info.is_main:
+            found = files.list()
+            todo = [(c, ident) for c, ident in found if result_name(ident) not in done]
+            last = [c for c, i in found if CheckpointManager.sort_key(c) == (final_epoch, 0)]
+            if todo:
+                decision, ident = str(todo[0][0]), todo[0][1]
+            elif wait_s <= 0:
+                if not scored:
+                    print(f"no new checkpoint in {folder}: all {len(found)} are listed in {listed}")
+            elif last:
+                print(f"{last[0].name} (the last epoch, train.epochs = {final_epoch}) is scored: stopping")
+            elif time.monotonic() >= deadline:
+                print(
+                    f"no new checkpoint in {folder} for {args.max_waiting_mins:g} min (--max-waiting-mins): "
+                    f"stopping, {scored} scored"
+                )
+            else:
+                decision = ""
+                if not said_waiting:
+                    print(
+                        f"waiting for new checkpoints in {folder} (up to {args.max_waiting_mins:g} min, "
+                        f"looking every {args.poll_seconds:g} s; the last epoch is {final_epoch})",
+                        flush=True,
+                    )
+                    said_waiting = True
+                time.sleep(max(0.0, min(args.poll_seconds, deadline - time.monotonic())))
+        decision = all_gather_object(decision, info)[0]
+        if decision is None:
+            break
+        if decision == "":
+            continue
+        ckpt = Path(decision)
+        result = score(ckpt, ident)
+        scored, said_waiting = scored + 1, False
+        deadline = time.monotonic() + wait_s
+        if result.epochs is not None:
+            final_epoch = result.epochs
+        if result.metrics is None or ident is None:
+            continue
+        metrics, name = result.metrics, result_name(ident)
         key = CheckpointManager.sort_key(ckpt)
+        assert writer is not None
         writer.add_scalars(
             {f"eval/{k}": v for k, v in metrics.items() if not math.isnan(v)}, key[0] if key else 0
         )
-        summary[result_name(ident)] = {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
+        summary[name] = {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
         eval_root.mkdir(parents=True, exist_ok=True)
         summary_path.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         with open(listed, "a", encoding="utf-8") as f:
-            f.write(result_name(ident) + "\n")
-    writer.close()
-    return 0
+            f.write(name + "\n")
+        done.add(name)
+    if writer is not None:
+        writer.close()
 
 
 if __name__ == "__main__":

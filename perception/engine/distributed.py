@@ -1,4 +1,4 @@
-"""Multi-process training on ``torch.distributed`` (launched by ``torchrun``): set-up, sampling, reductions.
+"""Multi-process training and evaluation on ``torch.distributed`` (launched by ``torchrun``): set-up, sampling, reductions.
 
 ``launcher="pytorch"`` reads what ``torchrun`` exports (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
 ``MASTER_PORT``) and joins the process group: NCCL when CUDA is available (one GPU per process,
@@ -8,6 +8,10 @@
 Every process loads ``batch_size`` samples per step (the per-GPU batch); the global batch is ``batch_size *
 world_size``. :class:`ShardedSampler` gives each rank a disjoint, equally long share of a seeded per-epoch
 permutation, and can start part-way through an epoch for exact resumption.
+
+Evaluation (``tools/test.py --launcher pytorch``): each rank runs inference on every ``world_size``-th sample
+(:func:`perception.engine.inference.run_inference` with ``dist``) and :func:`gather_object` brings the
+detections to rank 0, which scores and writes the results; the metrics equal a single process's.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ __all__ = [
     "barrier",
     "cleanup_distributed",
     "convert_sync_batchnorm",
+    "gather_object",
     "init_distributed",
     "reduce_mean",
     "sync_buffers",
@@ -162,6 +167,18 @@ def all_gather_object(obj: Any, info: DistInfo) -> list[Any]:
         return [obj]
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_object(obj: Any, info: DistInfo, dst: int = 0) -> list[Any] | None:
+    """``[obj of rank 0, obj of rank 1, ...]`` on rank ``dst``, None on the others (collective; picklable objects).
+
+    Single process: ``[obj]``. Unlike :func:`all_gather_object`, only ``dst`` holds the whole list in memory.
+    """
+    if not info.distributed:
+        return [obj]
+    out: list[Any] | None = [None] * info.world_size if info.rank == dst else None
+    dist.gather_object(obj, out, dst=dst)
     return out
 
 

@@ -28,6 +28,7 @@ import torch
 from perception.config_schema import ExperimentConfig
 from perception.engine.amp import MixedPrecision
 from perception.engine.checkpoint import atomic_torch_save
+from perception.engine.distributed import DistInfo, gather_object
 from perception.engine.logger import progress
 from perception.structures import Batch, Boxes3D, Detections
 
@@ -53,17 +54,33 @@ def run_inference(
     device: torch.device | str = "cpu",
     amp: bool = False,
     show_progress: bool = True,
+    dist: DistInfo | None = None,
 ) -> dict[str, Detections]:
     """``model.predict`` on every sample of ``dataset`` in order, in eval mode.
 
+    Args:
+        dist: a multi-process job (``tools/test.py --launcher pytorch``): rank ``r`` of ``W`` runs the samples
+            ``r, r + W, r + 2W, ...`` (no padding, no sample twice) and rank 0 gathers every rank's detections
+            (a collective: every rank must call it). None or a single process: all samples here.
+
     Returns:
-        sample token -> :class:`Detections` (on the CPU), in dataset order.
+        sample token -> :class:`Detections` (on the CPU), in dataset order; on ranks other than 0 of a
+        multi-process job an empty dict (rank 0 holds them all).
 
     Raises:
         ValueError: the model returns a wrong number of detections or a duplicate token appears.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if dist is not None and dist.distributed:
+        size = len(dataset)  # type: ignore[arg-type]
+        shard = torch.utils.data.Subset(dataset, range(dist.rank, size, dist.world_size))
+        mine = run_inference(
+            model, shard, batch_size=batch_size, workers=workers, device=device, amp=amp,
+            show_progress=show_progress and dist.is_main,
+        )  # fmt: skip
+        parts = gather_object(list(mine.items()), dist)
+        return {} if parts is None else _interleave(parts, size)
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -98,6 +115,20 @@ def run_inference(
                 )
     finally:
         model.train(was_training)
+    return out
+
+
+def _interleave(parts: list[list[tuple[str, Detections]]], size: int) -> dict[str, Detections]:
+    """Rank ``r``'s results of samples ``r, r + W, ...`` (``W = len(parts)``) -> one dict in dataset order."""
+    world = len(parts)
+    if sum(len(p) for p in parts) != size:
+        raise ValueError(f"the ranks returned {[len(p) for p in parts]} results for a data set of {size}")
+    out: dict[str, Detections] = {}
+    for i in range(size):
+        token, d = parts[i % world][i // world]
+        if token in out:
+            raise ValueError(f"sample token {token!r} appears twice in the data set")
+        out[token] = d
     return out
 
 
