@@ -76,6 +76,7 @@ __all__ = [
     "evaluate",
     "evaluate_label_dirs",
     "format_table",
+    "gt_count_lines",
     "box_overlaps",
     "read_ids",
     "load_label_dirs",
@@ -352,17 +353,23 @@ def format_table(result: KittiEvalResult, samplings: Sequence[str] = ("R40", "R1
                 vals = ["n/a" if math.isnan(result.ap[key]) else f"{result.ap[key]:.2f}" for key in keys]
                 box = f"{k} loose" if suffix else k
                 lines.append("| " + " | ".join([c, box, f"{iou:g}", *vals]) + " |")
+    lines.append("")
+    lines.extend(gt_count_lines(result))
+    return "\n".join(lines)
+
+
+def gt_count_lines(result: KittiEvalResult) -> list[str]:
+    """The number of ground-truth objects per class and difficulty, and a note when some count is below 41."""
     counts = ", ".join(
         f"{c} " + "/".join(str(result.num_gt[f"{c}_{d}"]) for d in DIFFICULTIES) for c in result.classes
     )
-    lines.append("")
-    lines.append(f"Ground-truth objects counted (easy/moderate/hard): {counts}")
+    lines = [f"Ground-truth objects counted (easy/moderate/hard): {counts}"]
     if any(0 < n < km.N_SAMPLE_PTS for n in result.num_gt.values()):
         lines.append(
             f"Note: with fewer than {km.N_SAMPLE_PTS} ground-truth objects the official threshold sampling leaves "
             "high-recall points empty, so even perfect detections score below 100."
         )
-    return "\n".join(lines)
+    return lines
 
 
 def evaluate_label_dirs(
