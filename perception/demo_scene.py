@@ -29,7 +29,9 @@ class LoadedSample:
             LiDAR frame, both inside the grid by its rule; the camera rig and images when the keyframe has
             cameras).
         scene_name: nuScenes scene name.
-        num_sweeps: LiDAR sweeps merged into ``sample.points`` (keyframe included).
+        num_sweeps: LiDAR sweeps merged into ``sample.points`` (keyframe included): ``max_sweeps`` where the data
+            has that many, fewer where the keyframe has fewer earlier sweeps on disk (see :attr:`sweeps_note`).
+        max_sweeps: sweeps asked for (the config's ``data.max_sweeps``, keyframe included).
         num_keyframe_points: points of the keyframe sweep in ``sample.points``.
         num_lidar_pts: the annotations' ``num_lidar_pts`` for the ``K`` boxes, in order.
         annotation_tokens: the ``sample_annotation`` tokens of the ``K`` boxes, in order.
@@ -41,11 +43,25 @@ class LoadedSample:
     sample: Sample
     scene_name: str
     num_sweeps: int
+    max_sweeps: int
     num_keyframe_points: int
     num_lidar_pts: list[int]
     annotation_tokens: list[str]
     skipped: Counter[str]
     table_counts: dict[str, int]
+
+    @property
+    def sweeps_note(self) -> str | None:
+        """Why fewer sweeps than ``data.max_sweeps`` were merged, or None when all of them were."""
+        if self.num_sweeps >= self.max_sweeps:
+            return None
+        return (
+            f"data.max_sweeps is {self.max_sweeps} but this keyframe has only {self.num_sweeps - 1} earlier "
+            f"sweep(s) on disk, so {self.num_sweeps} were merged. A synthetic data set written with fewer sweeps "
+            f"than the config asks for (e.g. by 'create_data.py synthetic' without --sweeps, default 2): write it "
+            f"again with the config's synthetic.sweeps (or remove the folder and the demo writes it), or set "
+            f"data.max_sweeps={self.num_sweeps}"
+        )
 
 
 def load_demo_sample(
@@ -78,6 +94,7 @@ def load_demo_sample(
         sample=sample,
         scene_name=info.scene_name,
         num_sweeps=1 + len(info.sweeps[: max_sweeps - 1]),
+        max_sweeps=max_sweeps,
         num_keyframe_points=int((sample.points.channel("time_lag") == 0).sum()),
         num_lidar_pts=[int(n) for n in info.num_lidar_pts[kept]],
         annotation_tokens=[str(t) for t in info.annotation_tokens[kept]],
@@ -139,7 +156,7 @@ def summarize(loaded: LoadedSample, t_generate: float, t_load: float) -> str:
         "| loaded sample | value |",
         "|---|---:|",
         f"| scene | {loaded.scene_name} |",
-        f"| sweeps merged (keyframe + earlier) | {loaded.num_sweeps} |",
+        f"| sweeps merged (keyframe + earlier) | {loaded.num_sweeps} of data.max_sweeps {loaded.max_sweeps} |",
         f"| keyframe points (inside the point-cloud range) | {loaded.num_keyframe_points} |",
         f"| all points (inside the point-cloud range) | {len(s.points)} |",
         f"| max time lag (s) | {float(s.points.channel('time_lag').max()) if len(s.points) else 0.0:.3f} |",

@@ -204,3 +204,34 @@ def test_detect_and_score_rejects_bad_inputs(tmp_path: Path) -> None:
         detect_and_score(tmp_path / "none.pth", DETECTOR_CONFIG, tmp_path, tmp_path)
     with pytest.raises(FileNotFoundError, match="v1.0-mini"):
         detect_and_score(CHECKPOINT, DETECTOR_CONFIG, tmp_path / "empty", tmp_path)
+
+
+def test_demo_sample_has_the_configs_sweep_count(demo_run: tuple[Path, Path, str]) -> None:
+    """The demo hands ``data.max_sweeps`` on to the loader: the sample it prints holds that many sweeps (distinct
+    time lags), and the shipped demo config writes data with that many (``synthetic.sweeps + 1``)."""
+    from perception.config import load_config
+    from perception.demo_scene import load_demo_sample
+
+    data, _, printed = demo_run  # run with --set data.max_sweeps=3 synthetic.sweeps=2
+    assert "| sweeps merged (keyframe + earlier) | 3 of data.max_sweeps 3 |" in printed
+    assert "note:" not in printed
+    loaded = load_demo_sample(data, "v1.0-mini", CLASS_NAMES, _demo_grid(data), max_sweeps=3)
+    assert (loaded.num_sweeps, loaded.max_sweeps, loaded.sweeps_note) == (3, 3, None)
+    assert len(torch.unique(loaded.sample.points.channel("time_lag"))) == 3
+    shipped = load_config(REPO / "configs" / "demo_nuscenes_mini.yaml")
+    assert shipped.synthetic is not None and shipped.synthetic.sweeps == shipped.data.max_sweeps - 1
+
+
+def test_demo_says_why_the_data_has_fewer_sweeps(demo_run: tuple[Path, Path, str]) -> None:
+    """Data written with fewer sweeps than ``data.max_sweeps`` asks for (the README's old data command did so)
+    gives fewer sweeps, and the summary and the note say so instead of a silent 3 under a config saying 10."""
+    from perception.demo_scene import load_demo_sample, summarize
+
+    data, _, _ = demo_run  # 2 sweeps before each keyframe on disk
+    loaded = load_demo_sample(data, "v1.0-mini", CLASS_NAMES, _demo_grid(data), max_sweeps=5)
+    assert (loaded.num_sweeps, loaded.max_sweeps) == (3, 5)
+    assert "| sweeps merged (keyframe + earlier) | 3 of data.max_sweeps 5 |" in summarize(loaded, 0.0, 0.0)
+    note = loaded.sweeps_note
+    assert note is not None
+    assert "data.max_sweeps is 5 but this keyframe has only 2 earlier sweep(s)" in note
+    assert "synthetic.sweeps" in note and "data.max_sweeps=3" in note

@@ -7,9 +7,10 @@
 2. Creates its info files (``data.max_sweeps``, through the official devkit) if missing and loads the first
    keyframe of the devkit's ``mini_val`` split through ``NuScenesDataset`` (``val`` mode), the loader training
    and evaluation use.
-3. That typed ``Sample`` holds the keyframe plus ``data.max_sweeps - 1`` sweeps moved into its LiDAR frame, with
-   a time-lag channel, ground-truth boxes and velocities in the LiDAR frame (points and box centres inside
-   ``data.point_cloud_range``), and the camera rig.
+3. That typed ``Sample`` holds the keyframe plus ``data.max_sweeps - 1`` sweeps moved into its LiDAR frame (the
+   synthetic data has ``synthetic.sweeps`` = ``data.max_sweeps - 1`` before each keyframe; data written with fewer
+   gives fewer, and a printed note says why), with a time-lag channel, ground-truth boxes and velocities in the
+   LiDAR frame (points and box centres inside ``data.point_cloud_range``), and the camera rig.
 4. Writes ``output/demo/bev.png`` (top view) and ``output/demo/cameras.png`` (six cameras with projected boxes)
    and prints a table of what was loaded.
 5. Runs the shipped detector (``checkpoints/demo_detector.pth``, a DSVT-pillar + CenterPoint model trained on
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     t_load = time.perf_counter() - t1
     bev, cams = write_pictures(loaded, cfg.data.point_cloud_range, args.out)
     print(summarize(loaded, t_gen, t_load))
+    if loaded.sweeps_note is not None:
+        print(f"\nnote: {root}: {loaded.sweeps_note}")
     print(f"\nBEV picture:    {bev}")
     if cams is not None:
         print(f"camera picture: {cams}")
