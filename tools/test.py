@@ -17,7 +17,11 @@ of the SHA-256 of the checkpoint file (``eval/epoch_5-1a2b3c4d/val/``): every ru
 ``checkpoint_epoch_N.pth``, so the results of two runs' checkpoints never share a folder. The folder holds
 ``checkpoint.json`` (the checkpoint's path, size and SHA-256), ``metrics.json``, the devkit's
 ``metrics_summary.json`` / ``metrics_details.json`` and ``results_nusc.json`` (nuScenes) or the KITTI result files
-``data/<frame>.txt``, and with ``--save-dets`` the raw detections ``detections.pth`` (what ``--from-dets`` reads).
+``data/<frame>.txt`` and ``kitti_ap.txt`` (the AP blocks of the devkit's Python port, as OpenPCDet prints them:
+``Car AP@0.70, 0.70, 0.70:`` / ``bbox AP:`` / ``bev  AP:`` / ``3d   AP:`` / ``aos  AP:``, R11 and ``AP_R40``, strict
+and loose IoU; also logged), and with ``--save-dets`` the raw detections ``detections.pth`` (what ``--from-dets``
+reads). KITTI ``--split test`` (no labels) writes the submission files ``data/<frame>.txt`` (one per frame, empty
+without detections) and scores nothing.
 ``--from-dets FILE`` writes to ``eval/from_dets/<file-stem>-<hash>/<split>/`` with ``detections_file.json``.
 ``--eval-all`` appends each scored checkpoint's folder name (``epoch_5-1a2b3c4d``) to ``eval/eval_all_list.txt``
 and skips checkpoints whose name is listed (the same content, from any folder), writes ``eval/eval_all.json``
@@ -81,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CKPT_DIR",
         help="evaluate every checkpoint in CKPT_DIR; without CKPT_DIR: in --ckpt-dir, else the run's ckpt/",
     )
+    what.add_argument("--from-dets", type=Path, metavar="FILE", help="score a detections file of --save-dets")
     p.add_argument("--ckpt-dir", type=Path, metavar="DIR", help="the folder of --eval-all (OpenPCDet's form)")
     p.add_argument(
         "--max-waiting-mins",
@@ -90,12 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="--eval-all: wait up to N minutes for each new checkpoint (default 0: do not wait)",
     )
     p.add_argument(
-        "--poll-seconds", type=_seconds, default=30.0, help="--eval-all: look for new checkpoints this often"
+        "--poll-seconds",
+        type=_seconds,
+        default=30.0,
+        metavar="S",
+        help="--eval-all: look for new checkpoints this often",
     )
     p.add_argument(
         "--launcher", choices=["none", "pytorch"], default="none", help="pytorch: started by torchrun"
     )
-    what.add_argument("--from-dets", type=Path, metavar="FILE", help="score a detections file of --save-dets")
     p.add_argument("--save-dets", action="store_true", help="also save the raw detections (detections.pth)")
     p.add_argument("--extra-tag", default="default", help="run name under output/<config-stem>/")
     p.add_argument("--split", default=None, help="info split to evaluate (default: train.val_split or 'val')")
@@ -108,8 +116,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _summary(metrics: dict[str, float]) -> str:
     keys = [k for k in ("mAP", "NDS", "mATE", "mASE", "mAOE", "mAVE", "mAAE") if k in metrics]
-    keys = keys or sorted(k for k in metrics if "_R40_moderate" in k)
+    keys = keys or sorted(k for k in metrics if k.endswith("_R40_moderate"))
     return ", ".join(f"{k} {metrics[k]:.4f}" if not math.isnan(metrics[k]) else f"{k} n/a" for k in keys)
+
+
+def _unlabelled(cfg: Any, split: str) -> bool:
+    """The KITTI test split: frames under ``testing/`` without labels (inference and result files only)."""
+    return bool(cfg.data.dataset == "kitti" and split == "test")
+
+
+def _score_or_write(cfg: Any, dets: Any, split: str, out: Path, source: Path) -> dict[str, float]:
+    """Score ``dets`` into ``out`` and print the summary; on the KITTI test split write the submission files
+    (``out/data/<frame>.txt``, one per frame, empty without detections) and score nothing (empty metrics)."""
+    from perception.engine.inference import evaluate_detections, write_kitti_results
+
+    if _unlabelled(cfg, split):
+        data = write_kitti_results(cfg, dets, split, out)
+        print(
+            f"{source}: KITTI split {split!r} has no labels, nothing scored; {len(dets)} result files (KITTI "
+            f"format, one per frame) in {data}",
+            flush=True,
+        )
+        return {}
+    metrics = evaluate_detections(cfg, dets, split, out)
+    print(f"{source}: {_summary(metrics)}\nresults in {out}", flush=True)
+    return metrics
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,12 +204,7 @@ def _test_ranks(args: argparse.Namespace, cfg: Any, run_dir: Path, folder: Path 
     from perception.engine.checkpoint import load_model_weights
     from perception.engine.data import build_dataset, prepare_data
     from perception.engine.distributed import barrier
-    from perception.engine.inference import (
-        evaluate_detections,
-        load_detections,
-        run_inference,
-        save_detections,
-    )
+    from perception.engine.inference import load_detections, run_inference, save_detections
     from perception.engine.logger import setup_logging
     from perception.engine.paths import FileIdentity, claim_result_dir, result_name
 
@@ -198,8 +224,7 @@ def _test_ranks(args: argparse.Namespace, cfg: Any, run_dir: Path, folder: Path 
         out = claim_result_dir(
             eval_root / "from_dets" / result_name(ident) / split, ident, "detections_file.json"
         )
-        metrics = evaluate_detections(cfg, dets, split, out)
-        print(f"{args.from_dets}: {_summary(metrics)}\nresults in {out}")
+        _score_or_write(cfg, dets, split, out, args.from_dets)
         return 0
 
     if cfg.model is None:
@@ -209,7 +234,8 @@ def _test_ranks(args: argparse.Namespace, cfg: Any, run_dir: Path, folder: Path 
     if info.is_main:
         prepare_data(cfg)
     barrier(info)
-    dataset = build_dataset(cfg, split, "val")  # checks the ground truth the evaluation will read
+    # val mode checks the ground truth the evaluation will read; the KITTI test split has none
+    dataset = build_dataset(cfg, split, "test" if _unlabelled(cfg, split) else "val")
 
     def score(ckpt: Path, ident: FileIdentity | None) -> Scored:
         """Score one checkpoint on every rank; ``ident`` and the returned metrics on rank 0 only."""
@@ -231,9 +257,7 @@ def _test_ranks(args: argparse.Namespace, cfg: Any, run_dir: Path, folder: Path 
             return Scored(None, epochs)
         if args.save_dets:
             save_detections(dets, cfg.data.class_names, out / "detections.pth")
-        metrics = evaluate_detections(cfg, dets, split, out)
-        print(f"{ckpt}: {_summary(metrics)}\nresults in {out}", flush=True)
-        return Scored(metrics, epochs)
+        return Scored(_score_or_write(cfg, dets, split, out, ckpt), epochs)
 
     if args.ckpt is not None:
         score(args.ckpt, FileIdentity.of(args.ckpt) if info.is_main else None)
