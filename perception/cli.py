@@ -30,7 +30,9 @@ _CFG_FILE_DEST = "_cfg_file_option"
 _EPILOG = "Every --a-b flag also answers to OpenPCDet's spelling --a_b (e.g. --batch_size, --extra_tag)."
 
 
-def underscore_to_hyphen(argv: Sequence[str], options: Sequence[str], *, allow_abbrev: bool = True) -> list[str]:
+def underscore_to_hyphen(
+    argv: Sequence[str], options: Sequence[str], *, allow_abbrev: bool = True
+) -> list[str]:
     """``argv`` with each ``--a_b[=VALUE]`` token rewritten to ``--a-b[=VALUE]`` where that names an option.
 
     Args:
@@ -72,9 +74,7 @@ class ToolParser(argparse.ArgumentParser):
         """``ArgumentParser.add_argument``; a required positional ``config`` also gets ``--cfg-file CONFIG``."""
         if names != ("config",) or "nargs" in kwargs or self._cfg_file_action is not None:
             return super().add_argument(*names, **kwargs)
-        positional = super().add_argument(
-            "config", nargs="?", default=None, metavar="CONFIG", **kwargs
-        )
+        positional = super().add_argument("config", nargs="?", default=None, metavar="CONFIG", **kwargs)
         self._cfg_file_action = super().add_argument(
             CFG_FILE_FLAG,
             dest=_CFG_FILE_DEST,
