@@ -8,8 +8,11 @@ re-scores them without running the model.
 Evaluation: nuScenes through the official devkit (:func:`perception.evaluation.nuscenes.evaluate_nuscenes`,
 ``metrics_summary.json`` in the output folder); KITTI by writing the official 16-column result files
 (``<out>/data/<frame>.txt``) and scoring them against ``training/label_2`` with the devkit's semantics
-(:func:`perception.evaluation.kitti.evaluate_label_dirs`). Both first check the ground truth they read
-(:mod:`perception.evaluation.gt_checks`): a NaN / inf or zero-size box is a ``ValueError`` naming it.
+(:func:`perception.evaluation.kitti.evaluate`, strict and loose IoU thresholds), the AP blocks of the devkit's
+Python port logged and written to ``<out>/kitti_ap.txt`` (:mod:`perception.evaluation.kitti_report`); the KITTI
+test split has no labels, :func:`write_kitti_results` writes its result files only. Both first check the
+ground truth they read (:mod:`perception.evaluation.gt_checks`): a NaN / inf or zero-size box is a
+``ValueError`` naming it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
     "load_detections",
     "run_inference",
     "save_detections",
+    "write_kitti_results",
 ]
 
 logger = logging.getLogger(__name__)
@@ -221,11 +225,29 @@ def _evaluate_nuscenes(
 def _evaluate_kitti(
     cfg: ExperimentConfig, dets: Mapping[str, Detections], split: str, out: Path
 ) -> dict[str, float]:
-    from perception.datasets.kitti_infos import infos_path, load_kitti_infos
     from perception.evaluation.gt_checks import check_kitti_labels, kitti_label_dir
     from perception.evaluation.kitti import evaluate as kitti_evaluate
-    from perception.evaluation.kitti import format_table
-    from perception.formats.kitti_labels import load_label_dirs, write_result_file
+    from perception.evaluation.kitti_report import REPORT_FILE, official_report
+    from perception.formats.kitti_labels import load_label_dirs
+
+    gt_dir = kitti_label_dir(cfg.data.root)
+    frame_ids = sorted(_kitti_split_infos(cfg, dets, split))
+    check_kitti_labels(gt_dir, frame_ids)
+    data_dir = write_kitti_results(cfg, dets, split, out)
+    classes = [
+        c for c in cfg.data.class_names if c.lower() in ("car", "pedestrian", "cyclist", "van", "truck")
+    ]
+    names, gts, dts = load_label_dirs(gt_dir, data_dir, frame_ids)
+    result = kitti_evaluate(gts, dts, classes, loose=True, frame_ids=names)
+    report = official_report(result)
+    (out / REPORT_FILE).write_text(report, encoding="utf-8")
+    logger.info("KITTI evaluation (%s, %d frames):\n%s", split, len(names), report.rstrip("\n"))
+    return dict(result.ap)
+
+
+def _kitti_split_infos(cfg: ExperimentConfig, dets: Mapping[str, Detections], split: str) -> dict[str, Any]:
+    """frame id -> info of KITTI split ``split``; ``ValueError`` unless ``dets`` covers exactly its frames."""
+    from perception.datasets.kitti_infos import infos_path, load_kitti_infos
 
     infos = {i.frame_id: i for i in load_kitti_infos(infos_path(cfg.data.root, split))}
     missing = sorted(set(infos) - set(dets))
@@ -235,19 +257,32 @@ def _evaluate_kitti(
             f"detections must cover exactly the {len(infos)} frames of KITTI split {split!r}: "
             f"{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} extra (e.g. {extra[:3]})"
         )
-    gt_dir = kitti_label_dir(cfg.data.root)
-    check_kitti_labels(gt_dir, sorted(infos))
-    data_dir = out / "data"
+    return infos
+
+
+def write_kitti_results(
+    cfg: ExperimentConfig, dets: Mapping[str, Detections], split: str, out_dir: str | os.PathLike[str]
+) -> Path:
+    """Write one KITTI result file per frame of KITTI split ``split`` to ``out_dir/data/<frame>.txt``.
+
+    The official 16-column format (camera-2 rectified frame, see :func:`kitti_objects`); a frame without
+    detections gets an empty file, as the benchmark's submission format needs. This is all ``--split test``
+    does (no labels: nothing is scored); ``val`` scores these files.
+
+    Returns:
+        the ``data`` folder.
+
+    Raises:
+        ValueError: ``dets`` does not cover exactly the split's frames.
+    """
+    from perception.formats.kitti_labels import write_result_file
+
+    infos = _kitti_split_infos(cfg, dets, split)
+    data_dir = Path(out_dir) / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     for fid, info in infos.items():
         write_result_file(data_dir / f"{fid}.txt", kitti_objects(dets[fid], info, cfg.data.class_names))
-    classes = [
-        c for c in cfg.data.class_names if c.lower() in ("car", "pedestrian", "cyclist", "van", "truck")
-    ]
-    names, gts, dts = load_label_dirs(gt_dir, data_dir, sorted(infos))
-    result = kitti_evaluate(gts, dts, classes, frame_ids=names)
-    logger.info("KITTI evaluation (%s):\n%s", split, format_table(result))
-    return dict(result.ap)
+    return data_dir
 
 
 def kitti_objects(dets: Detections, info: Any, class_names: tuple[str, ...]) -> Any:
