@@ -18,6 +18,7 @@ from perception.datasets.nuscenes_infos import create_nuscenes_infos
 from perception.evaluation.nuscenes import NuScenesMetrics
 from perception.grid import VoxelGrid
 from perception.structures import Detections, Sample
+from perception.viz.frames import LidarAxes, lidar_axes
 
 
 @dataclass
@@ -38,6 +39,7 @@ class LoadedSample:
         skipped: annotations the sample leaves out, by detection name (``"ignore"`` for categories outside the
             ten detection classes): other classes than ``class_names``, or centre outside the grid.
         table_counts: number of records per devkit table.
+        frame: the LiDAR frame of the data (nuScenes ``LIDAR_TOP``: x right, y forward), for picture labels.
     """
 
     sample: Sample
@@ -49,6 +51,7 @@ class LoadedSample:
     annotation_tokens: list[str]
     skipped: Counter[str]
     table_counts: dict[str, int]
+    frame: LidarAxes
 
     @property
     def sweeps_note(self) -> str | None:
@@ -100,6 +103,7 @@ def load_demo_sample(
         annotation_tokens=[str(t) for t in info.annotation_tokens[kept]],
         skipped=Counter(str(n) for n in info.gt_names[~kept]),
         table_counts={t: len(getattr(nusc, t)) for t in nusc.table_names},
+        frame=lidar_axes("nuscenes"),
     )
 
 
@@ -126,7 +130,7 @@ def write_pictures(
     except OffscreenUnavailableError as e:
         print(f"open3d render:  not written ({e}); see the BEV and camera pictures")
     fig, ax = plt.subplots(figsize=(10, 10))
-    draw_bev(ax, s.points, s.boxes, s.labels, s.class_names, point_range)
+    draw_bev(ax, s.points, s.boxes, s.labels, s.class_names, point_range, frame=loaded.frame)
     ax.set_title(
         f"{loaded.scene_name} sample {s.token[:8]}: {len(s.points)} points from {loaded.num_sweeps} sweeps, "
         f"{len(s.boxes)} boxes"
@@ -287,5 +291,6 @@ def write_detection_pictures(
         stem="detections_",
         matplotlib_too=True,
         score_threshold=score_threshold,
+        frame=loaded.frame,
     )
     return pics.paths

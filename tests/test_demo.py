@@ -217,6 +217,7 @@ def test_demo_sample_has_the_configs_sweep_count(demo_run: tuple[Path, Path, str
     assert "note:" not in printed
     loaded = load_demo_sample(data, "v1.0-mini", CLASS_NAMES, _demo_grid(data), max_sweeps=3)
     assert (loaded.num_sweeps, loaded.max_sweeps, loaded.sweeps_note) == (3, 3, None)
+    assert loaded.frame.axis_labels == ("x (m, right)", "y (m, forward)")  # nuScenes LIDAR_TOP
     assert len(torch.unique(loaded.sample.points.channel("time_lag"))) == 3
     shipped = load_config(REPO / "configs" / "demo_nuscenes_mini.yaml")
     assert shipped.synthetic is not None and shipped.synthetic.sweeps == shipped.data.max_sweeps - 1

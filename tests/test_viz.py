@@ -333,3 +333,84 @@ def test_renders_of_several_sizes_exit_cleanly(offscreen: None) -> None:
     # Filament aborts at interpreter exit if two renderers were alive: the process must end with status 0.
     proc = subprocess.run([sys.executable, "-c", _TWO_SIZES], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0 and "RENDER_OK" in proc.stdout, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BEV axis labels (the data set's LiDAR frame) and the legend
+
+
+def test_lidar_axes_per_data_set_format() -> None:
+    from perception.viz.frames import LidarAxes, lidar_axes
+
+    assert lidar_axes("nuscenes").axis_labels == ("x (m, right)", "y (m, forward)")  # LIDAR_TOP: y forward
+    assert lidar_axes("kitti").axis_labels == ("x (m, forward)", "y (m, left)")  # Velodyne: x forward
+    with pytest.raises(ValueError, match=r"'waymo'.*\['kitti', 'nuscenes'\]"):
+        lidar_axes("waymo")
+    with pytest.raises(ValueError, match="forward"):
+        LidarAxes(forward="z")  # type: ignore[arg-type]
+
+
+def _bev_axes(scene: object) -> matplotlib.axes.Axes:
+    import matplotlib.pyplot as plt
+
+    from perception.viz.bev import draw_bev_scene
+
+    fig, ax = plt.subplots()
+    draw_bev_scene(ax, scene, RANGE)  # type: ignore[arg-type]
+    plt.close(fig)
+    return ax
+
+
+def test_bev_axis_labels_follow_the_data_frame() -> None:
+    from perception.viz.frames import lidar_axes
+
+    for dataset, labels in (
+        ("nuscenes", ("x (m, right)", "y (m, forward)")),
+        ("kitti", ("x (m, forward)", "y (m, left)")),
+    ):
+        ax = _bev_axes(build_scene(_points(50), NAMES, frame=lidar_axes(dataset)))
+        assert (ax.get_xlabel(), ax.get_ylabel()) == labels
+    unknown = _bev_axes(build_scene(_points(50), NAMES))
+    assert (unknown.get_xlabel(), unknown.get_ylabel()) == ("x (m)", "y (m)")  # no direction claimed
+
+
+def _legend(ax: matplotlib.axes.Axes) -> list[tuple[str, str, tuple[float, ...]]]:
+    """``(text, linestyle or 'patch', RGB)`` of each legend entry."""
+    from matplotlib.lines import Line2D
+
+    legend = ax.get_legend()
+    assert legend is not None
+    out = []
+    for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True):
+        if isinstance(handle, Line2D):
+            out.append(
+                (text.get_text(), handle.get_linestyle(), matplotlib.colors.to_rgb(handle.get_color()))
+            )
+        else:
+            out.append((text.get_text(), "patch", matplotlib.colors.to_rgb(handle.get_facecolor())))
+    return out
+
+
+def test_bev_legend_names_classes_drawn_and_line_styles() -> None:
+    from perception.viz.scene import STYLE_IN_CLASS_COLOURS, legend_entries
+
+    car, ped = hex_to_rgb(class_colour("car")), hex_to_rgb(class_colour("pedestrian"))
+    alone = build_scene(_points(50), NAMES, gt_boxes=GT, gt_labels=GT_LABELS)  # GT alone: class colours
+    assert _legend(_bev_axes(alone)) == [
+        ("ground truth (solid, class colours)", "-", STYLE_IN_CLASS_COLOURS),
+        ("car", "patch", car),
+        ("pedestrian", "patch", ped),
+    ]
+    both = build_scene(
+        _points(50), NAMES, gt_boxes=GT, gt_labels=GT_LABELS, detections=DETS, score_threshold=0.5
+    )
+    assert _legend(_bev_axes(both)) == [
+        ("ground truth (solid, white)", "-", GT_COLOUR),
+        ("prediction (dashed, class colours)", "--", STYLE_IN_CLASS_COLOURS),
+        ("car", "patch", car),  # the one prediction above 0.5; the white GT pedestrian is no class colour
+    ]
+    single = build_scene(_points(50), NAMES, detections=DETS, pred_colour_by="single")
+    assert [(e.label, e.kind, e.linestyle) for e in legend_entries(single)] == [
+        ("prediction (dashed, red)", "style", "--")
+    ]
+    assert _bev_axes(build_scene(_points(50), NAMES)).get_legend() is None  # no boxes, no legend

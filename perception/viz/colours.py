@@ -47,6 +47,8 @@ _CMAPS = {"height": "viridis", "intensity": "plasma", "time_lag": "cool"}
 GT_COLOUR: tuple[float, float, float] = (1.0, 1.0, 1.0)
 #: Predictions when drawn in a single colour.
 PRED_COLOUR: tuple[float, float, float] = (1.0, 0.0, 0.0)
+#: :data:`GT_COLOUR` and :data:`PRED_COLOUR` in words (legends, help texts).
+GT_COLOUR_NAME, PRED_COLOUR_NAME = "white", "red"
 #: Points in ``uniform`` mode.
 UNIFORM_POINT_COLOUR: tuple[float, float, float] = (0.6, 0.6, 0.6)
 

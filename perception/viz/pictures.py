@@ -107,7 +107,9 @@ def write_sample_pictures(
         stem: prefix of the file names (e.g. the sample token and ``_``).
         matplotlib_too: write the BEV / camera pictures even when the render succeeded.
         scene_kwargs: passed to :func:`perception.viz.scene.build_scene` (``score_threshold``, ``colour_by``,
-            ``gt_colour_by``, ``pred_colour_by``, ``show_gt``, ``show_pred``, ...).
+            ``gt_colour_by``, ``pred_colour_by``, ``show_gt``, ``show_pred``, ``frame``, ...). Pass
+            ``frame=perception.viz.frames.lidar_axes(cfg.data.dataset)`` so the BEV axes say which way is forward
+            (without it they read ``x (m)`` / ``y (m)``).
     """
     out = Path(out_dir)
     scene = scene_from_sample(sample, detections, **scene_kwargs)

@@ -17,6 +17,10 @@ Box wireframes have 10 vertices per box -- the 8 corners of :meth:`Boxes3D.corne
 0/3/4/7 the front face at ``+dx/2`` along the heading), the centre (8) and the front-face centre (9) -- and
 :data:`BOX_LINES` joins them: 12 edges, a cross on the front face and a heading line from the centre to the front.
 
+A scene may carry its data set's LiDAR frame (:class:`~perception.viz.frames.LidarAxes`: which axis is forward),
+for axis labels; :func:`legend_entries` lists what a legend of the scene shows (the classes drawn in class colours
+and the ground-truth / prediction line styles).
+
 What is left out is counted, never silently dropped: non-finite points (``Scene.num_nonfinite_points``, logged) and
 predictions below the score threshold (``Scene.num_below_threshold``). Non-finite boxes or scores, labels outside
 ``class_names`` and thresholds outside ``[0, 1]`` raise ``ValueError``.
@@ -34,7 +38,18 @@ import torch
 
 from perception.structures import Boxes3D, Detections, Points, Sample
 
-from .colours import GT_COLOUR, PRED_COLOUR, BoxColourBy, ColourBy, class_colour, hex_to_rgb, point_colours
+from .colours import (
+    GT_COLOUR,
+    GT_COLOUR_NAME,
+    PRED_COLOUR,
+    PRED_COLOUR_NAME,
+    BoxColourBy,
+    ColourBy,
+    class_colour,
+    hex_to_rgb,
+    point_colours,
+)
+from .frames import LidarAxes
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +83,8 @@ class BoxSet:
         colours: float64 ``(K, 3)`` RGB in ``[0, 1]``, one per box.
         labels: int64 ``(K,)`` indices into the scene's class names.
         scores: float32 ``(K,)`` for predictions, None for ground truth.
+        colour_by: how ``colours`` were chosen: ``"class"`` or ``"single"`` (:data:`GT_COLOUR` /
+            :data:`PRED_COLOUR`).
     """
 
     kind: Literal["gt", "pred"]
@@ -75,6 +92,7 @@ class BoxSet:
     colours: np.ndarray
     labels: np.ndarray
     scores: np.ndarray | None = None
+    colour_by: BoxColourBy = "class"
 
     def __len__(self) -> int:
         return int(self.vertices.shape[0])
@@ -112,6 +130,7 @@ class Scene:
         num_nonfinite_points: points left out because a coordinate was NaN / inf.
         num_below_threshold: predictions left out by the score threshold.
         title: free text for captions (e.g. the sample token).
+        frame: the data set's LiDAR frame (which axis is forward), or None when not known.
     """
 
     points: np.ndarray
@@ -122,6 +141,7 @@ class Scene:
     num_nonfinite_points: int = 0
     num_below_threshold: int = 0
     title: str = ""
+    frame: LidarAxes | None = None
 
     def summary(self) -> str:
         """One line: counts of points, boxes and what was left out."""
@@ -176,6 +196,7 @@ def build_scene(
     show_gt: bool = True,
     show_pred: bool = True,
     title: str = "",
+    frame: LidarAxes | None = None,
 ) -> Scene:
     """Assemble a :class:`Scene`.
 
@@ -190,6 +211,7 @@ def build_scene(
             :data:`PRED_COLOUR`). ``gt_colour_by=None`` (default): ``"class"`` when ``detections`` is None (the
             ground truth alone), ``"single"`` otherwise (so ground truth and predictions stay apart).
         show_gt, show_pred: include the ground truth / predictions at all.
+        frame: the data set's LiDAR frame (:func:`perception.viz.frames.lidar_axes`), for axis labels.
 
     Raises:
         ValueError: see the module doc; also ``gt_boxes`` without ``gt_labels`` or the reverse.
@@ -219,7 +241,8 @@ def build_scene(
         _check_boxes("ground-truth", gt_boxes, gt_labels, names)
         if show_gt and len(gt_boxes):
             lab = gt_labels.detach().cpu().numpy().astype(np.int64)
-            gt = BoxSet("gt", box_vertices(gt_boxes), _box_colours(lab, names, gt_colour_by, GT_COLOUR), lab)
+            gt_colours = _box_colours(lab, names, gt_colour_by, GT_COLOUR)
+            gt = BoxSet("gt", box_vertices(gt_boxes), gt_colours, lab, colour_by=gt_colour_by)
 
     pred = BoxSet.empty("pred")
     below = 0
@@ -239,8 +262,9 @@ def build_scene(
                 _box_colours(lab, names, pred_colour_by, PRED_COLOUR),
                 lab,
                 kept.scores.numpy().astype(np.float32),
+                pred_colour_by,
             )
-    return Scene(xyz, colours, gt, pred, names, n_bad, below, title)
+    return Scene(xyz, colours, gt, pred, names, n_bad, below, title, frame)
 
 
 def scene_from_sample(sample: Sample, detections: Detections | None = None, **kwargs: object) -> Scene:
@@ -254,3 +278,51 @@ def scene_from_sample(sample: Sample, detections: Detections | None = None, **kw
         detections=detections,
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+#: Legend colour of a line style whose boxes are drawn in class colours (the style entry shows the dash only).
+STYLE_IN_CLASS_COLOURS: tuple[float, float, float] = (0.85, 0.85, 0.85)
+#: Line style of each kind of box in every picture (matplotlib ``linestyle``).
+LINE_STYLES: dict[str, str] = {"gt": "-", "pred": "--"}
+_KIND_NAMES = {"gt": "ground truth", "pred": "prediction"}
+_SINGLE_NAMES = {"gt": GT_COLOUR_NAME, "pred": PRED_COLOUR_NAME}
+
+
+@dataclass(frozen=True)
+class LegendEntry:
+    """One entry of a picture's legend.
+
+    Attributes:
+        label: the text (a class name, or e.g. ``"ground truth (solid, class colours)"``).
+        colour: float RGB in ``[0, 1]``.
+        kind: ``"class"`` (a colour swatch) or ``"style"`` (a line in the style of one kind of box).
+        linestyle: matplotlib line style of a ``"style"`` entry (``"-"`` ground truth, ``"--"`` predictions).
+    """
+
+    label: str
+    colour: tuple[float, float, float]
+    kind: Literal["class", "style"]
+    linestyle: str = "-"
+
+
+def legend_entries(scene: Scene) -> list[LegendEntry]:
+    """What a legend of ``scene`` shows: a style entry per kind of box drawn (ground truth solid, predictions
+    dashed; white / red when drawn in one colour), then each class drawn in class colours, in ``class_names``
+    order. Kinds without boxes and classes seen only in one-colour boxes are left out."""
+    entries: list[LegendEntry] = []
+    classes: set[int] = set()
+    for boxes in (scene.gt, scene.pred):
+        if not len(boxes):
+            continue
+        name = _KIND_NAMES[boxes.kind]
+        style = "solid" if LINE_STYLES[boxes.kind] == "-" else "dashed"
+        if boxes.colour_by == "class":
+            label, colour = f"{name} ({style}, class colours)", STYLE_IN_CLASS_COLOURS
+            classes.update(int(i) for i in boxes.labels)
+        else:
+            label = f"{name} ({style}, {_SINGLE_NAMES[boxes.kind]})"
+            colour = GT_COLOUR if boxes.kind == "gt" else PRED_COLOUR
+        entries.append(LegendEntry(label, colour, "style", LINE_STYLES[boxes.kind]))
+    for name in (scene.class_names[i] for i in sorted(classes)):
+        entries.append(LegendEntry(name, hex_to_rgb(class_colour(name)), "class"))
+    return entries
