@@ -5,6 +5,8 @@ touched -- and the reason is in ``log.txt`` as well as on the console, with exit
 from __future__ import annotations
 
 import importlib.util
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -12,6 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "tiny_centerpoint_spconv.yaml"
+pytestmark = pytest.mark.slow  # two in-process runs of tools/train.py (data set, model builds): ~30 s on 2 cores
 
 
 def _train_tool() -> ModuleType:
@@ -20,6 +23,21 @@ def _train_tool() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(autouse=True)
+def _restore_perception_logger() -> Iterator[None]:
+    """train.main sets up the 'perception' logger for its run (handlers, no propagation); put it back so later
+    tests in this process see their log records (caplog) and no handler writes to a closed stream."""
+    log = logging.getLogger("perception")
+    handlers, level, propagate = list(log.handlers), log.level, log.propagate
+    yield
+    for h in list(log.handlers):
+        if h not in handlers:
+            log.removeHandler(h)
+            h.close()
+    log.setLevel(level)
+    log.propagate = propagate
 
 
 def _listing(run: Path, skip: Path) -> dict[str, tuple[int, int]]:
