@@ -155,13 +155,32 @@ def test_test_split_writes_submission_files(trained: tuple[Path, Path]) -> None:
 
 
 @pytest.mark.slow
-def test_test_split_frames_without_detections_get_empty_files(trained: tuple[Path, Path]) -> None:
-    tmp, ckpt = trained
-    _, data = _test_split(
-        tmp, ckpt, "model.head.centerpoint.decode.score_threshold=1.0", "--extra-tag", "none"
-    )
-    files = sorted(data.iterdir())
-    assert len(files) == 2 and all(f.read_text() == "" for f in files)
+def test_test_split_frames_without_detections_get_empty_files(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """One file per frame of the split, also for a frame without detections (the benchmark needs them all)."""
+    from perception.config import load_config
+    from perception.engine.inference import write_kitti_results
+    from perception.formats.kitti_labels import read_label_file
+    from perception.structures import Boxes3D, Detections
+
+    tmp, _ = trained
+    cfg = load_config(TINY, [f"data.root={tmp / 'data'}"])
+    first, second = (tmp / "data" / "ImageSets" / "test.txt").read_text().split()
+    car = Boxes3D(torch.tensor([[12.0, 1.0, -0.8, 4.0, 1.7, 1.5, 0.3]]))
+    none = Boxes3D(torch.zeros(0, 7))
+    dets = {
+        first: Detections(none, torch.zeros(0), torch.zeros(0, dtype=torch.int64)),
+        second: Detections(car, torch.tensor([0.5]), torch.tensor([0])),
+    }
+    data = write_kitti_results(cfg, dets, "test", tmp_path)
+    assert sorted(p.name for p in data.iterdir()) == [f"{first}.txt", f"{second}.txt"]
+    assert (data / f"{first}.txt").read_text() == ""
+    objs = read_label_file(data / f"{second}.txt")
+    assert list(objs.names) == ["Car"] and objs.score is not None and objs.score.tolist() == [0.5]
+    np.testing.assert_allclose(objs.dimensions, [[1.5, 1.7, 4.0]], atol=1e-6)  # h, w, l
+    with pytest.raises(ValueError, match="1 missing"):
+        write_kitti_results(cfg, {first: dets[first]}, "test", tmp_path)
 
 
 def test_kitti_configs_shapes() -> None:
@@ -191,39 +210,31 @@ def test_kitti_configs_shapes() -> None:
 
 
 @pytest.mark.slow
-def test_full_kitti_config_trains_one_step(tmp_path: Path) -> None:
-    """The full-size KITTI detector on one synthetic frame: one optimiser step gives finite losses of every
-    task and changes the weights; eval mode predicts boxes of the three classes in the LiDAR frame."""
+def test_full_kitti_config_trains_one_step(trained: tuple[Path, Path]) -> None:
+    """The full-size KITTI detector (40 x 1600 x 1408 voxels) on one synthetic frame: finite losses of every
+    task, and gradients reach the parameters (the first sparse conv included). Eval-mode inference is the tiny
+    config's (same head, same decode), scored by the tests above."""
     from perception.config import load_config
-    from perception.datasets.kitti_infos import create_kitti_infos
-    from perception.datasets.synthetic import SyntheticParams, generate
     from perception.engine.data import build_dataset
     from perception.models.build import build_detector
     from perception.models.detector import total_loss
     from perception.structures import Batch
 
-    root = tmp_path / "kitti"
-    generate(SyntheticParams(format="kitti", scenes=3, samples=1, sweeps=0, cameras="front", seed=0), root)
-    create_kitti_infos(root, progress=False)
+    root = trained[0] / "data"  # the synthetic set the tiny model trained on
     cfg = load_config(FULL, [f"data.root={root}"])
     torch.manual_seed(0)
     model = build_detector(cfg.model, cfg.data)
     batch = Batch.collate([build_dataset(cfg, "train", "val")[0]])
     assert len(batch.boxes[0]) > 0
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     losses = model.loss(batch)
-    total = total_loss(losses)
-    assert {f"task{i}.heatmap" for i in range(3)} <= set(losses), sorted(losses)
+    assert {f"task{i}.{k}" for i in range(3) for k in ("heatmap", "bbox")} <= set(losses), sorted(losses)
     assert all(torch.isfinite(v).all() for v in losses.values())
-    before = [p.detach().clone() for p in model.parameters()]
-    opt.zero_grad()
-    total.backward()
-    opt.step()
-    assert sum(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True)) > 0.9 * len(
-        before
-    )
-    model.eval()
-    with torch.no_grad():
-        det = model.predict(batch)[0]
-    assert det.boxes.tensor.shape[1] == 7 and (det.labels < 3).all()
+    total_loss(losses).backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert [n for n, g in grads.items() if g is None or not torch.isfinite(g).all()] == []
+    # a class without an object in the frame gives its regression branch no gradient; everything else has one
+    zero = [n for n, g in grads.items() if g is not None and not g.abs().sum() > 0]
+    assert all(".rot." in n or ".reg." in n or ".height." in n or ".dim." in n for n in zero), zero
+    first = next(n for n in grads if n.startswith("backbone_3d."))
+    assert grads[first] is not None and grads[first].abs().sum() > 0, first
