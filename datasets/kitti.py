@@ -78,7 +78,10 @@ class KittiDataset(DetectionDataset):
             infos_path = infos_path_for(root, split)
         self.infos: list[KittiInfo] = load_kitti_infos(infos_path)
         if mode != "test" and any(i.annos is None for i in self.infos):
-            raise ValueError(f"{infos_path} has no labels (a test split); use mode='test'")
+            raise ValueError(
+                f"{infos_path} has no labels (a KITTI test split): it loads in mode='test' only, without ground "
+                "truth (tools/test.py --split test writes its result files and scores nothing)"
+            )
         self.root = Path(root) if root is not None else Path(infos_path).parent
         self._setup_common(
             class_names=class_names,

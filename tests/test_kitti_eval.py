@@ -22,6 +22,7 @@ from perception.evaluation.kitti import (
     read_label_file,
     write_result_file,
 )
+from perception.evaluation.kitti_report import official_report
 from perception.ops.iou3d import boxes_iou_3d, boxes_iou_bev
 
 REPO = Path(__file__).resolve().parents[1]
@@ -452,3 +453,8 @@ def test_cli_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert format_table(evaluate(gts[:10], dts[:10])) in printed
     assert cli.main([str(gt_dir), str(tmp_path / "nope")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+    ids = ["--ids", str(tmp_path / "val.txt")]
+    assert cli.main([str(gt_dir), str(det_dir), *ids, "--loose", "--format", "devkit"]) == 0
+    printed = capsys.readouterr().out
+    assert official_report(evaluate(gts[:10], dts[:10], loose=True)) in printed
+    assert "Car AP@0.70, 0.50, 0.50:" in printed and "|" not in printed
