@@ -78,6 +78,7 @@ class Result:
         num_points: points the model saw (finite, inside its grid, sweeps included).
         num_nonfinite: points dropped for a NaN / inf value.
         num_sweeps: scans merged, the keyframe included.
+        points: the points the model saw (``point_channels``, inside its grid), or None.
     """
 
     detections: Detections
@@ -88,6 +89,7 @@ class Result:
     num_points: int
     num_nonfinite: int = 0
     num_sweeps: int = 1
+    points: Points | None = None
 
     def __len__(self) -> int:
         return len(self.detections)
@@ -290,7 +292,7 @@ class Detector:
             det.labels.cpu(),
         )
         return Result(dets, self.class_names, source, cols, self.point_channels, len(sample.points), dropped,
-                      num_sweeps)  # fmt: skip
+                      num_sweeps, sample.points)  # fmt: skip
 
 
 def _device(device: str | torch.device | None) -> torch.device:
