@@ -4,7 +4,8 @@ Every tensor field documents its shape, dtype, units and frame. Constructors val
 / ``TypeError`` naming the field and what was expected. ``.to(device)`` moves every tensor.
 
 Conventions (DESIGN.md):
-* LiDAR frame: right-handed, x forward, y left, z up, metres.
+* LiDAR frame: the data set's sensor frame, right-handed, z up, metres (KITTI velodyne: x forward, y left;
+  nuScenes LIDAR_TOP: x right, y forward; ``perception.viz.frames`` names the axes per format).
 * Boxes ``(N, 7)`` ``[x, y, z, dx, dy, dz, yaw]`` or ``(N, 9)`` with ``[vx, vy]`` (m/s); ``(x, y, z)`` is the box
   centre, ``dx`` the length along the heading, ``yaw`` counter-clockwise about +z from +x, radians.
 * Voxel coordinates: int32 ``(M, 4)`` ``[batch, z, y, x]``; grid shape ``[nz, ny, nx]``.

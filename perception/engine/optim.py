@@ -146,8 +146,8 @@ class OneCycleSchedule:
         if saved != mine:
             raise ValueError(
                 f"checkpoint schedule (lr_max, total_iters, cycle) = {saved} differs from this run's {mine}: "
-                "resume with the same batch size, world size, epochs and dataset, or start a new run with "
-                "--pretrained to load only the weights"
+                "resume with the same train.optimizer.lr, schedule, batch size, world size, epochs and dataset, "
+                "or start a new run (another --extra-tag) with --pretrained to load only the weights"
             )
         self.iteration = int(state["iteration"])
         self._apply(self.iteration)
