@@ -1,6 +1,15 @@
-"""Look at a dataset split with its ground truth and (optionally) saved detections.
+"""Look at a dataset split with its ground truth and (optionally) saved detections or a checkpoint's predictions,
+or at one point file.
 
-    python tools/visualize.py --data CONFIG [--split val] [--dets FILE] [--headless OUT_DIR] [--set key=value ...]
+    python tools/visualize.py --data CONFIG [--split val] [--dets FILE | --ckpt PATH] [--headless OUT_DIR]
+                              [--set key=value ...]
+    python tools/visualize.py --ckpt PATH [--split val] ...           (the checkpoint's own config and data)
+    python tools/visualize.py --points FILE [--columns x,y,z,...] [--ckpt PATH] [--headless OUT_DIR]
+
+``--ckpt``: the checkpoint's predictions on each sample (``perception.load_detector``; the model runs on the
+sample as the dataset gives it). Without ``--data`` the checkpoint's own config says where the data is.
+``--points FILE`` (``.bin`` / ``.pcd.bin`` / ``.npy`` / ``.pcd``, see ``tools/infer.py``): that file's points, no
+dataset config needed; with ``--ckpt`` also the model's predictions on it (the points it saw, inside its range).
 
 Interactive (default; needs a display): an open3d window that steps through the samples with the keyboard --
 N / Right next, B / Left previous, G ground truth on/off, D detections on/off, C point colours
@@ -93,8 +102,15 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--data", type=Path, required=True, metavar="CONFIG", help="experiment YAML (its data part)"
+        "--data",
+        type=Path,
+        metavar="CONFIG",
+        help="experiment YAML (its data part); default: --ckpt's config",
     )
+    parser.add_argument("--ckpt", type=Path, help="checkpoint: draw its predictions")
+    parser.add_argument("--points", type=Path, metavar="FILE", help="draw one point file (no dataset)")
+    parser.add_argument("--columns", help="--points: the file's column names, comma separated")
+    parser.add_argument("--device", help="--ckpt: cpu, cuda, ... (default: cuda where available)")
     add_config_args(parser, config_positional=False)
     parser.add_argument(
         "--split", default="val", choices=("train", "val"), help="dataset split (default val)"
@@ -126,18 +142,117 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not 0.0 <= args.score_threshold <= 1.0:
         parser.error(f"--score-threshold must lie in [0, 1], got {args.score_threshold}")
+    if args.points is not None and (args.data is not None or args.dets is not None):
+        parser.error("--points draws one file: it takes no --data / --dets")
+    if args.points is None and args.data is None and args.ckpt is None:
+        parser.error("give --data CONFIG, --ckpt PATH or --points FILE")
+    if args.dets is not None and args.ckpt is not None:
+        parser.error("--dets and --ckpt both give detections: choose one")
+    if args.columns is not None and args.points is None:
+        parser.error("--columns describes --points FILE")
 
     try:
+        if args.points is not None:
+            return _run_points(args)
         return _run(parser, args)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"visualize.py: error: {err}", file=sys.stderr)
         return 2
 
 
+def _predict(detector: Any, sample: Any) -> Any:
+    """The detector's detections on a dataset sample (on the CPU)."""
+    from perception.structures import Batch
+
+    (det,) = detector.model.predict(Batch.collate([sample]).to(detector.device))
+    return det.to("cpu")
+
+
+def _show(args: argparse.Namespace, samples: Any, dets: dict[str, Any], point_range: Any) -> int:
+    """The interactive viewer over ``samples`` (needs a display)."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        print(
+            "visualize.py: error: no display (DISPLAY / WAYLAND_DISPLAY unset): use --headless OUT_DIR",
+            file=sys.stderr,
+        )
+        return 2
+    from perception.viz.viewer import SceneSource, Viewer
+
+    viewer = Viewer(
+        SceneSource(samples, dets),
+        point_range,
+        size=args.size,
+        score_threshold=args.score_threshold,
+        colour_by=args.colour_by,
+    )
+    viewer.run()
+    return 0
+
+
+def _run_points(args: argparse.Namespace) -> int:
+    """``--points FILE``: the file's points (and ``--ckpt``'s predictions on them) as one sample."""
+    import numpy as np
+    import torch
+
+    from perception.formats.points import drop_nonfinite, point_file_kind, read_point_file
+    from perception.inference_api.columns import DEFAULT_COLUMNS, check_columns
+    from perception.structures import Boxes3D, Points, Sample
+
+    token = args.points.name[: -len(point_file_kind(args.points))]
+    columns = None if args.columns is None else [c.strip() for c in args.columns.split(",")]
+    frame = None
+    if args.ckpt is not None:
+        import perception
+        from perception.viz.frames import lidar_axes
+
+        detector = perception.load_detector(args.ckpt, args.device)
+        result = detector.detect(args.points, columns=columns, token=token)
+        points, class_names, dets = result.points, result.class_names, {token: result.detections}
+        point_range = detector.config.data.point_cloud_range
+        frame = lidar_axes(detector.config.data.dataset)
+    else:
+        f = read_point_file(args.points)
+        cols = columns if columns is not None else (f.columns or DEFAULT_COLUMNS)
+        cols = check_columns(cols, f.points.shape[1], str(args.points))
+        order = [cols.index(c) for c in ("x", "y", "z")] + [
+            i for i, c in enumerate(cols) if c not in ("x", "y", "z")
+        ]
+        pts, _ = drop_nonfinite(f.points[:, order], str(args.points))
+        points = Points(torch.from_numpy(np.ascontiguousarray(pts)), tuple(cols[i] for i in order))
+        class_names, dets = ("object",), {}
+        lo = np.floor(pts[:, :3].min(0)) if len(pts) else np.full(3, -1.0)
+        hi = np.ceil(pts[:, :3].max(0)) + 1 if len(pts) else np.full(3, 1.0)
+        point_range = (*lo.tolist(), *hi.tolist())
+    sample = Sample(token, points, Boxes3D.empty(), torch.zeros(0, dtype=torch.int64), class_names)
+    if args.headless is None:
+        return _show(args, [sample], dets, point_range)
+    from perception.viz.pictures import write_sample_pictures
+
+    pics = write_sample_pictures(
+        sample, args.headless, point_range, detections=dets.get(token), view=args.view, size=args.size,
+        stem=f"{token}_", matplotlib_too=args.matplotlib, score_threshold=args.score_threshold,
+        colour_by=args.colour_by, show_gt=False, frame=frame,
+    )  # fmt: skip
+    print(f"{token}: " + ", ".join(str(p) for p in pics.paths), flush=True)
+    return 0
+
+
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from perception.config import load_config
+    from perception.viz.frames import lidar_axes
 
-    cfg = load_config(args.data, args.set)
+    detector = None
+    if args.ckpt is not None:
+        import perception
+
+        detector = perception.load_detector(args.ckpt, args.device)
+    if args.data is not None:
+        cfg = load_config(args.data, args.set)
+    else:
+        assert detector is not None
+        if args.set:
+            parser.error("--set overrides --data CONFIG; give --data with it")
+        cfg = detector.config
     dataset = build_dataset(cfg, args.split)
     if len(dataset) == 0:
         parser.error(f"the {args.split} split has no samples")
@@ -152,10 +267,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         stop = len(dataset) if args.limit is None else min(len(dataset), args.start + max(args.limit, 0))
         for i in range(args.start, stop):
             sample = dataset[i]
+            if detector is not None:
+                dets[sample.token] = _predict(detector, sample)
             pics = write_sample_pictures(
                 sample,
                 args.headless,
                 point_range,
+                frame=lidar_axes(cfg.data.dataset),
                 detections=dets.get(sample.token),
                 view=args.view,
                 size=args.size,
@@ -170,14 +288,6 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             )
         return 0
 
-    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        print(
-            "visualize.py: error: no display (DISPLAY / WAYLAND_DISPLAY unset): use --headless OUT_DIR",
-            file=sys.stderr,
-        )
-        return 2
-    from perception.viz.viewer import SceneSource, Viewer
-
     class _From:  # the dataset seen from --start on
         def __len__(self) -> int:
             return len(dataset) - args.start
@@ -185,15 +295,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         def __getitem__(self, i: int) -> Any:
             return dataset[args.start + i]
 
-    viewer = Viewer(
-        SceneSource(_From(), dets),  # type: ignore[arg-type]
-        point_range,
-        size=args.size,
-        score_threshold=args.score_threshold,
-        colour_by=args.colour_by,
-    )
-    viewer.run()
-    return 0
+    if detector is not None and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        from perception.engine.inference import run_inference
+
+        dets = run_inference(detector.model, _From(), device=detector.device)  # type: ignore[arg-type]
+    return _show(args, _From(), dets, point_range)
 
 
 if __name__ == "__main__":
