@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except (ConfigError, FileNotFoundError, ValueError, TypeError) as err:
-        print(f"infer.py: error: {err}", file=sys.stderr)
+        one_line = " ".join(str(err).split())  # torch's load errors span several lines
+        print(f"infer.py: error: {one_line}", file=sys.stderr)
         return 2
 
 
