@@ -49,7 +49,7 @@ def test_underscore_tokens_are_rewritten_only_where_they_name_an_option() -> Non
 
 def _parsers() -> list[tuple[str, argparse.ArgumentParser]]:
     """Every parser of tools built by ``build_parser``, sub-commands as their own entries."""
-    out = [(name, _tool(name).build_parser()) for name in ("train", "test", "create_data")]
+    out = [(name, _tool(name).build_parser()) for name in ("train", "test", "create_data", "infer")]
     for name, parser in list(out):
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
@@ -76,7 +76,8 @@ def _base_argv(parser: argparse.ArgumentParser, skip: argparse.Action) -> list[s
 def _flag_argv(action: argparse.Action, flag: str) -> list[str]:
     if action.nargs == 0:
         return [flag]
-    value = str(action.choices[0]) if action.choices else ("k=1" if action.dest == "set" else "2")
+    special = {"set": "k=1", "image_size": "1242x375"}  # values whose type is not a plain number
+    value = str(action.choices[0]) if action.choices else special.get(action.dest, "2")
     return [flag, value]
 
 
@@ -94,7 +95,8 @@ def test_every_hyphen_flag_of_every_tool_answers_to_its_underscore_spelling() ->
                     [*base, *_flag_argv(action, "--" + flag[2:].replace("-", "_"))]
                 )
                 assert underscore == hyphen, (name, flag)
-                dest = "config" if flag == CFG_FILE_FLAG else action.dest
+                # the config alias fills the positional's dest; infer.py's own --cfg-file is a plain option
+                dest = "config" if flag == CFG_FILE_FLAG and not hasattr(hyphen, action.dest) else action.dest
                 assert getattr(hyphen, dest) not in (None, False, []), (name, flag)  # the flag took effect
                 checked.add(flag)
     assert {

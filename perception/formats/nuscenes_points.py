@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from .nuscenes_infos import NuScenesInfo
-from .points import NUSCENES_CHANNELS, load_scan
+from .points import NUSCENES_CHANNELS, load_scan, sweep_to_keyframe
 
 __all__ = ["EGO_RADIUS", "load_lidar_points"]
 
@@ -38,13 +38,9 @@ def load_lidar_points(
                 logger.warning("sample %s: sweep file %s is missing; skipped", info.token, path)
                 continue
             raise FileNotFoundError(
-                f"sample {info.token}: sweep file not found: {path} (download the sweeps, use max_sweeps=1, "
-                "or missing_sweeps='skip')"
+                f"sample {info.token}: sweep file not found: {path} (download the sweeps, or build infos with "
+                "fewer sweeps: create_data.py nuscenes --max-sweeps 1)"
             )
-        pts = load_scan(path, NUSCENES_CHANNELS, keep=4).astype(np.float64)
-        pts = pts[~((np.abs(pts[:, 0]) < EGO_RADIUS) & (np.abs(pts[:, 1]) < EGO_RADIUS))]
-        t = sweep.sensor_to_lidar
-        pts[:, :3] = pts[:, :3] @ t[:3, :3].T + t[:3, 3]
-        lag = np.full((len(pts), 1), sweep.time_lag)
-        parts.append(np.concatenate([pts, lag], axis=1).astype(np.float32))
+        pts = load_scan(path, NUSCENES_CHANNELS, keep=4)
+        parts.append(sweep_to_keyframe(pts, sweep.sensor_to_lidar, sweep.time_lag, EGO_RADIUS))
     return np.ascontiguousarray(np.concatenate(parts))
