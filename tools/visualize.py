@@ -24,7 +24,10 @@ Detections (``--dets``):
   * nuScenes: the results JSON of the evaluation (``perception.evaluation.nuscenes_results.write_results_json``:
     global-frame boxes), moved back into each sample's LiDAR frame with the poses of the info file;
   * KITTI: the folder of result files ``<frame_id>.txt`` (camera frame), converted with each frame's calibration.
-Ground truth is drawn white, detections in class colours (``perception.viz.colours``).
+Ground truth is drawn in class colours; with detections (``--dets`` / ``--ckpt``) ground truth is white and the
+detections are in class colours (``perception.viz.colours``). A legend beside the BEV picture names the classes
+and the line styles (ground truth solid, detections dashed); its axes are named in the data set's LiDAR frame
+(``perception.viz.frames``: nuScenes x right / y forward, KITTI x forward / y left).
 
 The split's info file must exist: ``tools/create_data.py nuscenes|kitti --root DATA.ROOT ...``. A bad config or
 ``--set``, a missing info file, a truncated point file or malformed detections end the tool with one line
