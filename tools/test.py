@@ -228,7 +228,10 @@ def _test_ranks(args: argparse.Namespace, cfg: Any, run_dir: Path, folder: Path 
         return 0
 
     if cfg.model is None:
-        raise ValueError(f"{args.config}: the config has no 'model:' section")
+        raise ValueError(
+            f"{args.config}: the config has no 'model:' section (a data-only config; a detector config on the "
+            "same data, e.g. configs/kitti_centerpoint_spconv.yaml for configs/demo_kitti.yaml, names it as base)"
+        )
     from perception.models.build import build_detector
 
     if info.is_main:

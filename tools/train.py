@@ -96,7 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, [*args.set, *_flag_overrides(args)])
         if cfg.model is None:
-            raise ConfigError(f"{args.config}: the config has no 'model:' section; nothing to train")
+            raise ConfigError(
+                f"{args.config}: the config has no 'model:' section; nothing to train (a data-only config; a "
+                "detector config on the same data, e.g. configs/kitti_centerpoint_spconv.yaml for "
+                "configs/demo_kitti.yaml, names it as base)"
+            )
         return _train(args, cfg)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
