@@ -232,3 +232,81 @@ def test_load_model_weights_strict_and_pretrained(tmp_path: Path) -> None:
     loaded = load_model_weights(fresh, bare, strict=True)
     assert torch.equal(fresh[1].bias, src[1].bias)
     assert loaded.checkpoint is None and loaded.class_names == ()
+
+
+def _net() -> torch.nn.Sequential:
+    """Conv + BatchNorm + Linear: 6 parameters and 3 BatchNorm buffers (counted too)."""
+    return torch.nn.Sequential(
+        torch.nn.Conv1d(2, 4, 1), torch.nn.BatchNorm1d(4), torch.nn.Flatten(), torch.nn.Linear(4, 3)
+    )
+
+
+def test_pretrained_counts_add_up_and_name_what_did_not_match(tmp_path: Path, caplog) -> None:
+    torch.manual_seed(0)
+    src = _net()
+    weights = dict(src.state_dict())
+    weights["3.weight"] = torch.zeros(5, 4)  # another head size
+    del weights["3.bias"]
+    weights["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "w.pth"
+    torch.save(weights, path)
+    model = _net()
+    with caplog.at_level("INFO", logger="perception.engine.checkpoint"):
+        loaded = load_model_weights(model, path, strict=False)
+    match = loaded.match
+    assert match is not None
+    # 9 entries: conv w/b, bn w/b + running_mean/var + num_batches_tracked, linear w/b; 6 parameters + 3 buffers
+    assert (match.total, match.parameters) == (9, 6)
+    assert len(match.loaded) + len(match.missing) + len(match.shape_mismatch) == match.total
+    assert (len(match.loaded), match.missing, match.unexpected) == (7, ("3.bias",), ("extra.weight",))
+    assert match.shape_mismatch == ("3.weight (5, 4) vs (3, 4)",)
+    assert torch.equal(model[1].running_mean, src[1].running_mean)
+    assert caplog.messages == [
+        f"loaded 7/9 model tensors (6 parameters + 3 buffers, BatchNorm statistics included): missing 1, "
+        f"shape mismatch 1; unexpected in the file 1 from {path} (missing ['3.bias']; shape mismatch "
+        f"['3.weight (5, 4) vs (3, 4)']; unexpected ['extra.weight'])"
+    ]
+
+
+def test_pretrained_below_the_share_fails_and_loads_nothing(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    renamed = {f"module.{k}": v for k, v in _net().state_dict().items()}  # nothing fits: 0 of 9
+    path = tmp_path / "renamed.pth"
+    torch.save(renamed, path)
+    model = _net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError) as err:
+        load_model_weights(model, path, strict=False)
+    assert str(err.value) == (
+        f"{path}: only 0 of the model's 9 tensors fit (0% < --pretrained-min-share 0.5); nothing loaded. "
+        "loaded 0/9 model tensors (6 parameters + 3 buffers, BatchNorm statistics included): missing 9, "
+        "shape mismatch 0; unexpected in the file 9; missing ['0.weight', '0.bias', '1.weight', '1.bias', "
+        "'1.running_mean'] and 4 more; unexpected ['module.0.bias', 'module.0.weight', 'module.1.bias', "
+        "'module.1.num_batches_tracked', 'module.1.running_mean'] and 4 more"
+    )
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    load_model_weights(model, path, strict=False, min_share=0.0)  # the user's explicit choice: loads 0
+    with pytest.raises(ValueError, match="min_share must lie in"):
+        load_model_weights(model, path, strict=False, min_share=1.5)
+
+
+def test_openpcdet_and_unrelated_files_are_refused_with_advice(tmp_path: Path) -> None:
+    model = _net()
+    pcdet = tmp_path / "pcdet.pth"
+    torch.save({"model_state": model.state_dict(), "epoch": 3, "optimizer_state": {}}, pcdet)
+    for strict in (True, False):
+        with pytest.raises(CheckpointError) as err:
+            load_model_weights(model, pcdet, strict=strict)
+        assert str(err.value) == (
+            f"{pcdet} is an OpenPCDet-style checkpoint (a 'model_state' entry): its key names differ from ours; "
+            f"convert it first: python tools/convert_checkpoint.py --from openpcdet {pcdet} --config CONFIG "
+            "--out converted.pth"
+        )
+    other = tmp_path / "other.pth"
+    torch.save({"epoch": 3, "state_dict": model.state_dict()}, other)
+    with pytest.raises(
+        CheckpointError,
+        match=r"neither a checkpoint of this project .*entries \['epoch', "
+        r"'state_dict'\] are not tensors",
+    ):
+        load_model_weights(model, other, strict=False)

@@ -13,8 +13,10 @@ Without ``--ckpt`` a run resumes from the newest loadable checkpoint in its ``ck
 is skipped with a warning); a resume the checkpoint refuses (its LR schedule -- LR, epochs, batch or world size --
 differs from the run's) exits with status 2, logs the reason in ``log.txt`` too and changes no other file of the
 run folder (``config.yaml`` is written only once the resume check passed). ``--pretrained`` loads only matching
-weights into a fresh run. The command-line flags override the config's ``train:`` keys (``--batch-size`` is per
-process; the global batch and the LR used are logged). The data set (synthetic, if the config says so) and its
+weights into a fresh run (it stops, naming what did not match, when less than ``--pretrained-min-share``,
+default 0.5, of the model's tensors fit; convert OpenPCDet checkpoints with ``tools/convert_checkpoint.py``).
+The command-line flags override the config's ``train:`` keys (``--batch-size`` is per process; the global batch
+and the LR used are logged). The data set (synthetic, if the config says so) and its
 info files are created when missing.
 
 Ctrl-C finishes the running iteration, writes a checkpoint of exactly that state (the log names it) and exits
@@ -48,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--ckpt", type=Path, default=None, help="checkpoint to resume from (default: newest in ckpt/)"
     )
     p.add_argument("--pretrained", type=Path, default=None, help="initialise matching weights from this file")
+    p.add_argument(
+        "--pretrained-min-share",
+        type=float,
+        default=None,
+        help="least share of the model's tensors (parameters and buffers) --pretrained must load, else stop "
+        "with the names that did not match (default 0.5)",
+    )
     p.add_argument(
         "--amp", action="store_true", help="mixed precision: bf16 on CPU, fp16 + grad scaler on GPU"
     )
@@ -166,7 +175,7 @@ def _train(args: argparse.Namespace, cfg: object) -> int:
         )
         model = build_detector(cfg.model, cfg.data)
         if args.pretrained is not None:
-            load_model_weights(model, args.pretrained, strict=False)
+            load_model_weights(model, args.pretrained, strict=False, min_share=args.pretrained_min_share)
         logger.info(
             "model: %s, %.2f M parameters",
             type(model).__name__,

@@ -21,6 +21,12 @@ file. Trainer, ``tools/test.py``, the demo and inference all go through it (:fun
 ``world_size``      processes that wrote it
 =================  ===========================================================================================
 
+Weights from elsewhere: :func:`load_model_weights` also reads a bare ``state_dict`` file; an OpenPCDet-style file
+(a ``model_state`` entry) is refused with the ``tools/convert_checkpoint.py`` command that converts it
+(:data:`CONVERT_COMMAND`), since its key names differ from ours and only a conversion that knows the model can map
+them. ``--pretrained`` (``strict=False``) loads what fits and stops when less than ``min_share`` of the model's
+``state_dict`` entries (parameters and buffers) fit (:class:`WeightMatch` gives counts that add up).
+
 Older files: every checkpoint written so far (the shipped ``checkpoints/demo_detector.pth`` included) is
 ``format_version`` 1 with exactly these keys; a file without ``world_size`` reads as one process. Any other key
 is refused (:class:`CheckpointError` naming it), as unknown config keys are.
@@ -49,10 +55,13 @@ import torch
 from perception.io_atomic import atomic_write
 
 __all__ = [
+    "CONVERT_COMMAND",
+    "DEFAULT_MIN_SHARE",
     "FORMAT_VERSION",
     "CheckpointError",
     "CheckpointState",
     "LoadedWeights",
+    "WeightMatch",
     "CheckpointManager",
     "atomic_torch_save",
     "load_checkpoint",
@@ -202,10 +211,12 @@ class LoadedWeights:
     Attributes:
         path: the file.
         checkpoint: the whole training checkpoint, or None when the file held only a ``state_dict``.
+        match: how its tensors met the model's (:class:`WeightMatch`), or None.
     """
 
     path: Path
     checkpoint: CheckpointState | None
+    match: WeightMatch | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -284,22 +295,138 @@ def load_checkpoint(
     return CheckpointState.from_dict(state, str(path))
 
 
+DEFAULT_MIN_SHARE = 0.5
+"""``--pretrained`` default: at least this share of the model's tensors must load, else :class:`CheckpointError`."""
+
+CONVERT_COMMAND = (
+    "python tools/convert_checkpoint.py --from openpcdet {path} --config CONFIG --out converted.pth"
+)
+"""What to run on an OpenPCDet / DSVT-authors checkpoint (``--from dsvt-authors`` for the latter)."""
+
+_SHOW = 5
+
+
+def _some(names: list[str]) -> str:
+    more = f" and {len(names) - _SHOW} more" if len(names) > _SHOW else ""
+    return f"{names[:_SHOW]}{more}"
+
+
+@dataclass(frozen=True)
+class WeightMatch:
+    """How a file's tensors meet a model's ``state_dict`` (parameters and persistent buffers, BatchNorm running
+    statistics and ``num_batches_tracked`` included).
+
+    ``len(loaded) + len(missing) + len(shape_mismatch) == total``; ``unexpected`` (file entries the model has no
+    place for) are counted apart.
+
+    Attributes:
+        total: the model's ``state_dict`` entries; ``parameters`` of them are parameters, the rest buffers.
+        loaded: keys whose name and shape fit; missing: model keys the file lacks; shape_mismatch: ``"key
+        (file shape) vs (model shape)"`` of keys in both with another shape; unexpected: file keys not in the model.
+    """
+
+    total: int
+    parameters: int
+    loaded: tuple[str, ...]
+    missing: tuple[str, ...]
+    shape_mismatch: tuple[str, ...]
+    unexpected: tuple[str, ...]
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> WeightMatch:
+        own = model.state_dict()
+        fit = [k for k in own if k in weights and weights[k].shape == own[k].shape]
+        bad = [
+            f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
+            for k in own
+            if k in weights and weights[k].shape != own[k].shape
+        ]
+        return cls(
+            total=len(own),
+            parameters=sum(1 for _ in model.parameters()),
+            loaded=tuple(fit),
+            missing=tuple(k for k in own if k not in weights),
+            shape_mismatch=tuple(bad),
+            unexpected=tuple(sorted(k for k in weights if k not in own)),
+        )
+
+    @property
+    def share(self) -> float:
+        """``len(loaded) / total`` (1.0 for a model without tensors)."""
+        return len(self.loaded) / self.total if self.total else 1.0
+
+    def summary(self) -> str:
+        """``"loaded L/N model tensors (P parameters + B buffers): missing M, shape mismatch S; unexpected U"``."""
+        return (
+            f"loaded {len(self.loaded)}/{self.total} model tensors ({self.parameters} parameters + "
+            f"{self.total - self.parameters} buffers, BatchNorm statistics included): missing "
+            f"{len(self.missing)}, shape mismatch {len(self.shape_mismatch)}; unexpected in the file "
+            f"{len(self.unexpected)}"
+        )
+
+    def details(self) -> str:
+        """A few names of each kind that did not match."""
+        parts = [
+            f"{name} {_some(list(keys))}"
+            for name, keys in (
+                ("missing", self.missing),
+                ("shape mismatch", self.shape_mismatch),
+                ("unexpected", self.unexpected),
+            )
+            if keys
+        ]
+        return "; ".join(parts)
+
+
+def _weights_of(data: dict[str, Any], path: Path) -> tuple[dict[str, torch.Tensor], CheckpointState | None]:
+    """The model weights in a loaded file: a checkpoint of ours, or a bare ``state_dict``; others refused."""
+    if "format_version" in data:
+        checkpoint = CheckpointState.from_dict(data, str(path))
+        return checkpoint.model, checkpoint
+    if "model_state" in data:
+        raise CheckpointError(
+            f"{path} is an OpenPCDet-style checkpoint (a 'model_state' entry): its key names differ from ours; "
+            f"convert it first: {CONVERT_COMMAND.format(path=path)}"
+        )
+    not_tensors = sorted(str(k) for k, v in data.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(
+            f"{path}: neither a checkpoint of this project (no 'format_version') nor a state_dict (entries "
+            f"{_some(not_tensors)} are not tensors)"
+        )
+    return data, None
+
+
 def load_model_weights(
-    model: torch.nn.Module, path: str | os.PathLike[str], *, strict: bool = True
+    model: torch.nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    strict: bool = True,
+    min_share: float | None = None,
 ) -> LoadedWeights:
     """Load the ``model`` entry of a checkpoint (or a bare ``state_dict`` file) into ``model``.
 
     Args:
-        strict: require identical keys and shapes. With ``strict=False`` (``--pretrained``) entries whose shape
-            differs are skipped; missing / unexpected / skipped keys are logged.
+        strict: require identical keys and shapes. With ``strict=False`` (``--pretrained``) the tensors whose name
+            and shape fit are loaded and the rest keep their initial values; one INFO line gives the counts
+            (:meth:`WeightMatch.summary`: loaded + missing + shape mismatch = the model's ``state_dict`` entries,
+            parameters and buffers; unexpected file entries apart) and names a few that did not match.
+        min_share: with ``strict=False``, the least share of the model's ``state_dict`` entries that must load
+            (``0 <= min_share <= 1``; None: :data:`DEFAULT_MIN_SHARE`); fewer is a :class:`CheckpointError` and nothing
+            is loaded.
 
     Returns:
         :class:`LoadedWeights`: the checkpoint (checked by :meth:`CheckpointState.from_dict`), or None for a bare
-        ``state_dict`` file.
+        ``state_dict`` file; ``match`` holds the :class:`WeightMatch`.
 
     Raises:
-        CheckpointError: the file cannot be loaded or (``strict``) does not fit ``model``.
+        CheckpointError: the file cannot be loaded, is an OpenPCDet checkpoint (the message gives the
+            conversion command), is neither our checkpoint nor a state dict, or does not fit ``model`` (``strict``,
+            or less than ``min_share`` loads); the message lists a few names of each kind that did not match.
     """
+    min_share = DEFAULT_MIN_SHARE if min_share is None else float(min_share)
+    if not 0.0 <= min_share <= 1.0:
+        raise ValueError(f"min_share must lie in [0, 1], got {min_share}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -309,29 +436,25 @@ def load_model_weights(
         raise CheckpointError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict, got {type(data).__name__}")
-    checkpoint = CheckpointState.from_dict(data, str(path)) if "format_version" in data else None
-    weights = checkpoint.model if checkpoint is not None else data
-    loaded = LoadedWeights(path, checkpoint)
-    own = model.state_dict()
+    weights, checkpoint = _weights_of(data, path)
+    match = WeightMatch.of(model, weights)
+    loaded = LoadedWeights(path, checkpoint, match)
     if strict:
-        try:
-            model.load_state_dict(weights, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path}: weights do not fit the model: {exc}") from exc
+        if len(match.loaded) != match.total or match.unexpected:
+            raise CheckpointError(
+                f"{path}: weights do not fit the model: {match.summary()}; {match.details()}"
+            )
+        model.load_state_dict(weights, strict=True)
         return loaded
-    fitting = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(k for k in weights if k in own and own[k].shape != weights[k].shape)
-    result = model.load_state_dict(fitting, strict=False)
-    logger.info(
-        "loaded %d/%d tensors from %s (missing %d, unexpected %d, shape mismatch %d%s)",
-        len(fitting),
-        len(own),
-        path,
-        len(result.missing_keys),
-        len(result.unexpected_keys),
-        len(skipped),
-        f": {skipped[:5]}" if skipped else "",
-    )
+    if match.share < min_share:
+        raise CheckpointError(
+            f"{path}: only {len(match.loaded)} of the model's {match.total} tensors fit "
+            f"({match.share:.0%} < --pretrained-min-share {min_share:g}); nothing loaded. {match.summary()}; "
+            f"{match.details()}"
+        )
+    model.load_state_dict({k: weights[k] for k in match.loaded}, strict=False)
+    details = match.details()
+    logger.info("%s from %s%s", match.summary(), path, f" ({details})" if details else "")
     return loaded
 
 
