@@ -103,8 +103,9 @@ def _check_config(cfg: Any, source_format: str, config: Path) -> None:
     ]
     if wrong:
         raise ValueError(
-            f"{config}: the source's DSVT computes what ours does only with {' '.join(wrong)} "
-            f"(add: --set {' '.join(wrong)})"
+            f"{config}: a DSVT in the source's layout computes the source's outputs only with "
+            f"authors_pos_embed: true and pool_mask_empty: false under model.backbone_3d.dsvt; add: "
+            f"--set {' '.join(wrong)}"
         )
 
 
