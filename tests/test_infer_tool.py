@@ -21,6 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "checkpoints" / "demo_detector.pth"
 
 
+def _matplotlib_pictures(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Headless pictures as matplotlib BEV files: renderer switched off, and the status an earlier test of this
+    process cached forgotten (it is probed once per process)."""
+    from perception.viz import o3d_render
+
+    monkeypatch.setenv("PERCEPTION_OFFSCREEN", "off")
+    monkeypatch.setattr(o3d_render, "_status", None)
+
+
 def _tool(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(f"_infer_tool_{name}", REPO / "tools" / f"{name}.py")
     assert spec is not None and spec.loader is not None
@@ -147,7 +156,7 @@ def test_bad_checkpoint_is_one_line(scans: Path, tmp_path: Path, capsys) -> None
 
 
 def test_visualize_points_file_with_and_without_checkpoint(scans: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("PERCEPTION_OFFSCREEN", "off")
+    _matplotlib_pictures(monkeypatch)
     viz = _tool("visualize")
     plain, with_ckpt = tmp_path / "plain", tmp_path / "ckpt"
     assert viz.main(["--points", str(scans / "000001.pcd.bin"), "--headless", str(plain)]) == 0
@@ -164,7 +173,7 @@ def test_visualize_checkpoint_on_a_dataset(tmp_path: Path, monkeypatch, capsys) 
     import subprocess
     import sys
 
-    monkeypatch.setenv("PERCEPTION_OFFSCREEN", "off")
+    _matplotlib_pictures(monkeypatch)
     root = tmp_path / "nusc"
     run = [sys.executable, str(REPO / "tools" / "create_data.py")]
     subprocess.run([*run, "synthetic", "--format", "nuscenes", "--out", str(root), "--scenes", "2", "--samples", "2",
