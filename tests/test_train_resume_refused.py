@@ -14,7 +14,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "tiny_centerpoint_spconv.yaml"
-pytestmark = pytest.mark.slow  # two in-process runs of tools/train.py (data set, model builds): ~30 s on 2 cores
+pytestmark = (
+    pytest.mark.slow
+)  # two in-process runs of tools/train.py (data set, model builds): ~30 s on 2 cores
 
 
 def _train_tool() -> ModuleType:
