@@ -97,6 +97,19 @@ def test_resume_refuses_changed_dataset(tmp_path: Path) -> None:
         other.resume()
 
 
+def test_resume_refuses_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    """What tools/convert_checkpoint.py writes (no optimiser / schedule state) starts runs via --pretrained."""
+    import dataclasses
+
+    t = _trainer(tmp_path)
+    path = t.fit(max_iterations=3).checkpoint
+    assert path is not None
+    state = load_checkpoint(path)
+    weights_only = dataclasses.replace(state, optimizer={}, scheduler={}, grad_scaler={})
+    with pytest.raises(ValueError, match="holds weights only .* --pretrained"):
+        _trainer(tmp_path).load_state(weights_only)
+
+
 def test_nan_loss_skips_step_and_keeps_weights(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     t = _trainer(None, deterministic=False)
     t.fit(max_iterations=2)

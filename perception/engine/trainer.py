@@ -293,7 +293,18 @@ class Trainer:
         return path
 
     def load_state(self, state: CheckpointState) -> None:
-        """Restore weights, optimiser, schedule, scaler, counters and this rank's RNG from a checkpoint."""
+        """Restore weights, optimiser, schedule, scaler, counters and this rank's RNG from a checkpoint.
+
+        Raises:
+            ValueError: a weights-only checkpoint (no optimiser / schedule state, e.g. one written by
+                ``tools/convert_checkpoint.py``), which starts a run through ``--pretrained`` instead; a schedule
+                or counters that do not fit this run.
+        """
+        if not state.optimizer or not state.scheduler:
+            raise ValueError(
+                "the checkpoint holds weights only (no optimiser or schedule state, e.g. written by "
+                "tools/convert_checkpoint.py): it cannot be resumed; start a run from it with --pretrained PATH"
+            )
         self.model.load_state_dict(state.model)
         self.optimizer.load_state_dict(state.optimizer)
         self.schedule.load_state_dict(state.scheduler)
