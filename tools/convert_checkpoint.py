@@ -65,14 +65,9 @@ def _read_source(path: Path) -> tuple[dict[str, Any], Any]:
     """``(model_state, epoch or None)`` of an OpenPCDet-style file."""
     import torch
 
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a dict, got {type(data).__name__}")
+    from perception.engine.checkpoint import load_torch_dict
+
+    data = load_torch_dict(path)
     if "format_version" in data:
         raise ValueError(f"{path} is already a checkpoint of this project (it has 'format_version')")
     if "model_state" in data:

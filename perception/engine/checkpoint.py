@@ -66,6 +66,7 @@ __all__ = [
     "atomic_torch_save",
     "load_checkpoint",
     "load_model_weights",
+    "load_torch_dict",
     "rng_from_plain",
     "rng_to_plain",
 ]
@@ -397,6 +398,25 @@ def _weights_of(data: dict[str, Any], path: Path) -> tuple[dict[str, torch.Tenso
     return data, None
 
 
+def load_torch_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A torch file holding a dict, read with ``weights_only=True`` (no pickled code runs) onto the CPU.
+
+    Raises:
+        FileNotFoundError: no such file. CheckpointError: not a torch file (truncated, another format) or not a
+            dict; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a dict, got {type(data).__name__}")
+    return data
+
+
 def load_model_weights(
     model: torch.nn.Module,
     path: str | os.PathLike[str],
@@ -428,14 +448,7 @@ def load_model_weights(
     if not 0.0 <= min_share <= 1.0:
         raise ValueError(f"min_share must lie in [0, 1], got {min_share}")
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a dict, got {type(data).__name__}")
+    data = load_torch_dict(path)
     weights, checkpoint = _weights_of(data, path)
     match = WeightMatch.of(model, weights)
     loaded = LoadedWeights(path, checkpoint, match)
