@@ -350,12 +350,16 @@ class CameraRig:
             augmentation (:meth:`transform_lidar`) the 3x3 part is a scaled or mirrored rotation, so code must not
             assume it is orthonormal (projection and unprojection stay exact).
         image_sizes: int64 ``(K, 2)`` ``[height, width]`` in pixels.
+        valid: bool ``(K,)``: the view holds a real image (default all True). An invalid view (camera missing on
+            disk, removed by ``data.images.cameras_off``, or dropped by training-time view dropout) keeps its slot
+            so that batches stay rectangular, but its image is all zero and fusion models ignore it entirely.
     """
 
     names: tuple[str, ...]
     intrinsics: torch.Tensor
     cam_to_lidar: torch.Tensor
     image_sizes: torch.Tensor
+    valid: torch.Tensor = None  # type: ignore[assignment]  # filled in by __post_init__
 
     def __post_init__(self) -> None:
         self.names = tuple(self.names)
@@ -363,6 +367,9 @@ class CameraRig:
         check_tensor("CameraRig.intrinsics", self.intrinsics, shape=(k, 3, 3), dtype=torch.float32)
         check_tensor("CameraRig.cam_to_lidar", self.cam_to_lidar, shape=(k, 4, 4), dtype=torch.float32)
         check_tensor("CameraRig.image_sizes", self.image_sizes, shape=(k, 2), dtype=torch.int64)
+        if self.valid is None:
+            self.valid = torch.ones(k, dtype=torch.bool, device=self.intrinsics.device)
+        check_tensor("CameraRig.valid", self.valid, shape=(k,), dtype=torch.bool)
         if k == 0 or self.image_sizes.is_meta:
             return
         if bool((self.image_sizes <= 0).any()):
@@ -378,8 +385,16 @@ class CameraRig:
 
     def to(self, device: torch.device | str) -> CameraRig:
         return CameraRig(
-            self.names, self.intrinsics.to(device), self.cam_to_lidar.to(device), self.image_sizes.to(device)
+            self.names,
+            self.intrinsics.to(device),
+            self.cam_to_lidar.to(device),
+            self.image_sizes.to(device),
+            self.valid.to(device),
         )
+
+    def with_valid(self, valid: torch.Tensor) -> CameraRig:
+        """The same rig with another validity mask (bool ``(K,)``)."""
+        return CameraRig(self.names, self.intrinsics, self.cam_to_lidar, self.image_sizes, valid)
 
     @property
     def lidar_to_cam(self) -> torch.Tensor:
@@ -420,7 +435,142 @@ class CameraRig:
         rotation in augmentation): ``cam_to_lidar' = T @ cam_to_lidar`` so projections stay consistent."""
         check_tensor("lidar_transform", lidar_transform, shape=(4, 4))
         t = lidar_transform.to(self.cam_to_lidar)
-        return CameraRig(self.names, self.intrinsics, t[None] @ self.cam_to_lidar, self.image_sizes)
+        return CameraRig(
+            self.names, self.intrinsics, t[None] @ self.cam_to_lidar, self.image_sizes, self.valid
+        )
+
+
+@dataclass(frozen=True)
+class ImageNorm:
+    """Per-channel normalisation of RGB images: ``(pixel - mean) / std`` on the 0-255 scale.
+
+    The values belong to the image backbone's weights (ImageNet statistics for torchvision / mmdet ResNets:
+    :data:`IMAGENET_NORM`); ``Batch.collate`` applies them when it turns uint8 images into float32.
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"ImageNorm needs 3 means and 3 stds (RGB), got {self.mean}, {self.std}")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)) or min(self.std) <= 0:
+            raise ValueError(f"ImageNorm values must be finite with std > 0, got {self.mean}, {self.std}")
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(..., 3, H, W)`` -> float32 normalised, same shape."""
+        check_tensor("images", images, dtype=torch.uint8)
+        if images.ndim < 3 or images.shape[-3] != 3:
+            raise ValueError(f"images must be (..., 3, H, W), got {tuple(images.shape)}")
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=images.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=images.device).view(3, 1, 1)
+        return (images.float() - mean) / std
+
+
+IMAGENET_NORM = ImageNorm(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+"""The RGB mean / std (0-255 scale) of torchvision's and mmdet's ImageNet-pretrained ResNets."""
+
+
+@dataclass
+class CameraBatch:
+    """The multi-view camera input of a fusion model for one batch (``B`` samples, ``V`` views).
+
+    Built by :meth:`Batch.camera_batch`. Every view of every sample has a slot; ``valid`` says which slots hold a
+    real image (invalid views: camera missing, removed, or dropped in training; their images are zero and every
+    model stage must ignore them).
+
+    Attributes:
+        images: float32 ``(B, V, 3, H, W)`` normalised images (:class:`ImageNorm`), all of one size.
+        intrinsics: float32 ``(B, V, 3, 3)`` pixel intrinsics of these images (image augmentation included:
+            resize / crop / flip are folded in, a horizontal flip gives a negative ``fx``).
+        cam_to_lidar: float32 ``(B, V, 4, 4)`` camera frame (x right, y down, z forward) -> LiDAR frame, with the
+            global 3D augmentation folded in (may be a scaled / mirrored rotation, see :class:`CameraRig`).
+        valid: bool ``(B, V)``.
+        names: the ``V`` camera names (the same for every sample).
+    """
+
+    images: torch.Tensor
+    intrinsics: torch.Tensor
+    cam_to_lidar: torch.Tensor
+    valid: torch.Tensor
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        self.names = tuple(self.names)
+        check_tensor("CameraBatch.images", self.images, ndim=5, dtype=torch.float32)
+        b, v = self.images.shape[:2]
+        if v != len(self.names) or self.images.shape[2] != 3:
+            raise ValueError(
+                f"CameraBatch.images must be (B, {len(self.names)}, 3, H, W) for the views {self.names}, "
+                f"got {tuple(self.images.shape)}"
+            )
+        check_tensor("CameraBatch.intrinsics", self.intrinsics, shape=(b, v, 3, 3), dtype=torch.float32)
+        check_tensor("CameraBatch.cam_to_lidar", self.cam_to_lidar, shape=(b, v, 4, 4), dtype=torch.float32)
+        check_tensor("CameraBatch.valid", self.valid, shape=(b, v), dtype=torch.bool)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_views(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the images, pixels."""
+        return int(self.images.shape[3]), int(self.images.shape[4])
+
+    def to(self, device: torch.device | str) -> CameraBatch:
+        return CameraBatch(
+            self.images.to(device),
+            self.intrinsics.to(device),
+            self.cam_to_lidar.to(device),
+            self.valid.to(device),
+            self.names,
+        )
+
+    @property
+    def lidar_to_cam(self) -> torch.Tensor:
+        """float32 ``(B, V, 4, 4)`` inverse of ``cam_to_lidar`` (computed in float64)."""
+        return torch.linalg.inv(self.cam_to_lidar.double()).float()
+
+    def project(self, xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project LiDAR-frame points of each sample into each of its views.
+
+        Args:
+            xyz: float ``(B, N, 3)`` points in the LiDAR frame.
+
+        Returns:
+            uv: float32 ``(B, V, N, 2)`` pixel coordinates ``[u (column), v (row)]`` (continuous: pixel ``i``
+                covers ``[i, i + 1)``).
+            depth: float32 ``(B, V, N)`` camera-frame z (m).
+            visible: bool ``(B, V, N)``: depth > 1e-3 m, the pixel lies inside the image, and the view is valid.
+        """
+        check_tensor("xyz", xyz, shape=(self.batch_size, None, 3))
+        homo = torch.cat([xyz.float(), torch.ones_like(xyz[..., :1], dtype=torch.float32)], dim=-1)
+        cam = torch.einsum("bvij,bnj->bvni", self.lidar_to_cam, homo)[..., :3]
+        depth = cam[..., 2]
+        pix = torch.einsum("bvij,bvnj->bvni", self.intrinsics, cam)
+        uv = pix[..., :2] / depth.clamp(min=1e-3)[..., None]
+        h, w = self.image_size
+        visible = (
+            (depth > 1e-3)
+            & (uv[..., 0] >= 0)
+            & (uv[..., 0] < w)
+            & (uv[..., 1] >= 0)
+            & (uv[..., 1] < h)
+            & self.valid[:, :, None]
+        )
+        return uv, depth, visible
+
+    def unproject(self, uv: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`project`: ``uv`` ``(B, V, N, 2)`` pixels and ``depth`` ``(B, V, N)`` metres ->
+        float32 LiDAR-frame points ``(B, V, N, 3)``."""
+        pix = torch.cat([uv * depth[..., None], depth[..., None]], dim=-1).float()
+        cam = torch.einsum("bvij,bvnj->bvni", torch.linalg.inv(self.intrinsics.double()).float(), pix)
+        homo = torch.cat([cam, torch.ones_like(cam[..., :1])], dim=-1)
+        return torch.einsum("bvij,bvnj->bvni", self.cam_to_lidar, homo)[..., :3]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -490,7 +640,8 @@ class Batch:
         labels: per-sample int64 ``(K_b,)`` class indices.
         class_names: the detector's class list.
         tokens: ``B`` sample tokens.
-        images: uint8 ``(B, num_cams, 3, H, W)`` or None.
+        images: ``(B, num_cams, 3, H, W)``: uint8 as loaded, or float32 normalised when :meth:`collate` was given
+            an :class:`ImageNorm` (what fusion models read, through :meth:`camera_batch`); or None.
         cameras: ``B`` camera rigs or None.
     """
 
@@ -523,9 +674,39 @@ class Batch:
     def batch_size(self) -> int:
         return len(self.tokens)
 
+    def camera_batch(self) -> CameraBatch | None:
+        """The batch's cameras as one :class:`CameraBatch`, or None without images.
+
+        Raises:
+            ValueError: the images are still uint8 (collate without an :class:`ImageNorm`), or the rigs' image
+                sizes differ from the images'.
+        """
+        if self.images is None or self.cameras is None:
+            return None
+        if self.images.dtype != torch.float32:
+            raise ValueError(
+                "Batch.images are not normalised (collate the samples with an ImageNorm, e.g. "
+                "Batch.collate(samples, IMAGENET_NORM))"
+            )
+        h, w = self.images.shape[-2:]
+        for rig in self.cameras:
+            if bool((rig.image_sizes != torch.tensor([h, w], device=rig.image_sizes.device)).any()):
+                raise ValueError(
+                    f"camera rig image sizes {rig.image_sizes.tolist()} differ from the images' {h}x{w}"
+                )
+        return CameraBatch(
+            images=self.images,
+            intrinsics=torch.stack([c.intrinsics for c in self.cameras]),
+            cam_to_lidar=torch.stack([c.cam_to_lidar for c in self.cameras]),
+            valid=torch.stack([c.valid for c in self.cameras]),
+            names=self.cameras[0].names,
+        )
+
     @staticmethod
-    def collate(samples: Sequence[Sample]) -> Batch:
-        """Concatenate samples; all must share point channels, class names and (if any) image size."""
+    def collate(samples: Sequence[Sample], image_norm: ImageNorm | None = None) -> Batch:
+        """Concatenate samples; all must share point channels, class names and (if any) image size and camera
+        names. With ``image_norm`` the uint8 images become float32 normalised ``(B, V, 3, H, W)`` here (samples
+        keep uint8: four times less memory per sample and per worker queue)."""
         if not samples:
             raise ValueError("Batch.collate needs at least one sample")
         channels, names = samples[0].points.channels, samples[0].class_names
@@ -548,6 +729,10 @@ class Batch:
         )
         images = torch.stack([s.images for s in samples]) if all(with_images) else None  # type: ignore[misc]
         cameras = [s.cameras for s in samples] if all(with_images) else None
+        if cameras is not None and any(c.names != cameras[0].names for c in cameras):  # type: ignore[union-attr]
+            raise ValueError("Batch.collate: every sample must have the same cameras in the same order")
+        if images is not None and image_norm is not None:
+            images = image_norm.apply(images)
         return Batch(
             points=points,
             batch_index=index,
