@@ -481,10 +481,13 @@ class CameraBatch:
 
     Attributes:
         images: float32 ``(B, V, 3, H, W)`` normalised images (:class:`ImageNorm`), all of one size.
-        intrinsics: float32 ``(B, V, 3, 3)`` pixel intrinsics of these images (image augmentation included:
-            resize / crop / flip are folded in, a horizontal flip gives a negative ``fx``).
+        intrinsics: float32 ``(B, V, 3, 3)`` pixel intrinsics of these images, image augmentation folded in
+            (resize / crop change ``f`` and ``c``; ``fx, fy`` stay positive).
         cam_to_lidar: float32 ``(B, V, 4, 4)`` camera frame (x right, y down, z forward) -> LiDAR frame, with the
-            global 3D augmentation folded in (may be a scaled / mirrored rotation, see :class:`CameraRig`).
+            global 3D augmentation folded in (may be a scaled / mirrored rotation, see :class:`CameraRig`). A
+            horizontal image flip is a mirrored *virtual camera*: ``cam_to_lidar @ diag(-1, 1, 1, 1)`` with
+            ``cx -> W - cx``, so camera-frame quantities (heading, velocity) stay consistent with what the
+            mirrored image shows.
         valid: bool ``(B, V)``.
         names: the ``V`` camera names (the same for every sample).
     """
