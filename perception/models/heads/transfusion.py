@@ -75,6 +75,8 @@ class TransFusionOutput:
             ``query_positions``: centre offset (cells), z (m), log sizes (log m), sin/cos yaw(, vx, vy m/s).
         iou: float ``(B, P)`` predicted 3D IoU with the matched object, in ``[-1, 1]`` (``2 * IoU - 1``), or None
             without the IoU branch.
+        query_features: float ``(B, P, C)`` the decoder's output per query (what the branches read; SparseFusion
+            fuses it with the camera candidates), or None.
     """
 
     dense_heatmap: torch.Tensor
@@ -85,6 +87,7 @@ class TransFusionOutput:
     cls_logits: torch.Tensor
     box_codes: torch.Tensor
     iou: torch.Tensor | None = None
+    query_features: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -195,9 +198,24 @@ class TransFusionHead(nn.Module):
                 f"bev must have shape (B, {self.in_channels}, {h}, {w}) for {self.coder}, "
                 f"got {tuple(bev.shape)}"
             )
-        b = bev.shape[0]
         feat = self.shared_conv(bev)
-        dense = self.heatmap(feat)
+        return self.decode_queries(feat, self.heatmap(feat))
+
+    def decode_queries(self, feat: torch.Tensor, dense: torch.Tensor) -> TransFusionOutput:
+        """Steps 2-4 of the forward pass on given maps (SparseFusion picks the queries from a fused heatmap).
+
+        Args:
+            feat: float ``(B, C, H, W)`` the shared conv's output (the decoder's keys and the queries' features).
+            dense: float ``(B, K, H, W)`` dense class logits whose peaks seed the queries (returned as
+                ``dense_heatmap``).
+
+        Returns:
+            :class:`TransFusionOutput` with ``query_features`` set.
+        """
+        b = feat.shape[0]
+        h, w = self.coder.feature_map_size
+        check_tensor("feat", feat, shape=(b, self.config.hidden_channels, h, w))
+        check_tensor("dense", dense, shape=(b, self.num_classes, h, w))
         prob = dense.detach().float().sigmoid()
         scores, labels, index = select_queries(
             prob,
@@ -209,7 +227,7 @@ class TransFusionHead(nn.Module):
         query = keys.gather(1, index[..., None].expand(-1, -1, keys.shape[2]))
         one_hot = F.one_hot(labels, self.num_classes).to(query.dtype)
         query = query + self.class_embedding(one_hot)
-        cells = self.coder.cell_centers(bev.device)  # (H*W, 2)
+        cells = self.coder.cell_centers(feat.device)  # (H*W, 2)
         query_xy = cells[index]  # (B, P, 2)
         query = self.decoder(query, keys, query_xy, cells[None].expand(b, -1, -1))
         out = {name: branch(query) for name, branch in self.branches.items()}
@@ -225,6 +243,7 @@ class TransFusionHead(nn.Module):
             cls_logits=out["cls"],
             box_codes=torch.cat(parts, dim=-1),
             iou=out["iou"][..., 0] if self.with_iou else None,
+            query_features=query,
         )
 
     # ---------------------------------------------------------------------------------------------------------
