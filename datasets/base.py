@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from perception.grid import VoxelGrid
-from perception.structures import Points, Sample
+from perception.structures import ImageNorm, Points, Sample
+
+from .image_transforms import ImageLoader
 
 __all__ = ["DetectionDataset", "Mode", "Transform", "check_mode"]
 
@@ -54,6 +56,9 @@ class DetectionDataset(torch.utils.data.Dataset[Sample]):
     transforms: list[Transform]
     seed: int
     epoch: int
+    #: Camera images (subclasses with cameras set both in ``__init__``).
+    use_cameras: bool = False
+    images: ImageLoader | None = None
 
     def _setup_common(
         self,
@@ -79,6 +84,14 @@ class DetectionDataset(torch.utils.data.Dataset[Sample]):
 
     def __len__(self) -> int:
         return len(self.infos)
+
+    @property
+    def image_norm(self) -> ImageNorm | None:
+        """The normalisation a ``DataLoader`` collate applies to this data set's uint8 images
+        (``Batch.collate(samples, image_norm)``); None without cameras."""
+        if not self.use_cameras:
+            return None
+        return (self.images or ImageLoader()).norm
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch (seeds the per-sample generators) and forward it to transforms that have ``set_epoch``."""

@@ -20,16 +20,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from perception.formats.points import KITTI_CHANNELS, load_scan
 from perception.grid import VoxelGrid
 from perception.structures import Boxes3D, CameraRig, Points, Sample
 
 from .base import DetectionDataset, Mode, Transform, check_mode
+from .image_transforms import ImageLoader
 from .kitti_infos import KITTI_POINT_CHANNELS, KittiInfo, infos_path, load_kitti_infos
 
-__all__ = ["KittiDataset"]
+__all__ = ["CAMERA_NAMES", "KittiDataset"]
+
+#: The one camera view a KITTI sample carries (left colour camera, ``image_2``).
+CAMERA_NAMES = ("image_2",)
 
 
 class KittiDataset(DetectionDataset):
@@ -43,7 +46,9 @@ class KittiDataset(DetectionDataset):
         grid: the model's voxel grid (``cfg.data.grid``, a :class:`~perception.grid.VoxelGrid`); points and box
             centres outside it (Velodyne frame) are dropped, by the voxelizer's rule.
         max_sweeps: must be 1 (KITTI has single scans); accepted so configs can pass ``DataConfig`` fields.
-        use_cameras: load ``image_2`` and its :class:`CameraRig`.
+        use_cameras: load ``image_2`` and its :class:`CameraRig` (one view named ``image_2``).
+        images: how (network size, resize / crop into the intrinsics, cameras off, a missing file); None:
+            ``ImageLoader()``, the file's resolution.
         mode: ``train`` (transforms, ``min_points_in_gt``), ``val`` (ground truth) or ``test`` (no ground truth).
         transforms: applied in order as ``t(sample, rng)``; ``rng`` is seeded by (``seed``, epoch, index).
         fov_filter: keep only points inside camera 2's image.
@@ -62,6 +67,7 @@ class KittiDataset(DetectionDataset):
         split: str | None = None,
         max_sweeps: int = 1,
         use_cameras: bool = False,
+        images: ImageLoader | None = None,
         mode: Mode = "train",
         transforms: Sequence[Transform] = (),
         fov_filter: bool = True,
@@ -91,6 +97,9 @@ class KittiDataset(DetectionDataset):
             seed=seed,
         )
         self.use_cameras, self.fov_filter = bool(use_cameras), bool(fov_filter)
+        self.images = images if images is not None else ImageLoader()
+        if self.use_cameras:
+            self.images.check_names(CAMERA_NAMES, "KITTI")
         self.min_points_in_gt, self.drop_unknown_difficulty = (
             int(min_points_in_gt),
             bool(drop_unknown_difficulty),
@@ -115,16 +124,15 @@ class KittiDataset(DetectionDataset):
         return {str(n) for n in info.annos.names[self._box_mask(info)]}
 
     def _camera(self, info: KittiInfo) -> tuple[torch.Tensor, CameraRig]:
-        with Image.open(self.root / info.image_path) as im:
-            image = np.asarray(im.convert("RGB")).transpose(2, 0, 1)
         k, cam_to_velo = info.calib.camera(2)
-        rig = CameraRig(
-            ("image_2",),
-            torch.tensor(k[None], dtype=torch.float32),
-            torch.tensor(cam_to_velo[None], dtype=torch.float32),
-            torch.tensor([image.shape[1:]], dtype=torch.int64),
+        return self.images.load(
+            token=info.frame_id,
+            names=CAMERA_NAMES,
+            paths=[self.root / info.image_path],
+            intrinsics=k[None],
+            cam_to_lidar=cam_to_velo[None],
+            file_sizes=[info.image_size],
         )
-        return torch.from_numpy(image[None].copy()), rig
 
     def __getitem__(self, index: int) -> Sample:
         self._check_index(index)

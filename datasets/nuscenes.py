@@ -16,6 +16,12 @@ Missing sweep files: ``missing_sweeps="error"`` (default) raises ``FileNotFoundE
 sample and the config keys that change it (``data.max_sweeps``, ``data.missing_sweeps``: the tools build this
 dataset from the config); ``"skip"`` leaves the sweep out and logs a warning (logger
 ``perception.datasets.nuscenes``). A missing keyframe file is always an error.
+
+Cameras (``use_cameras``): the views are the data set's cameras in the infos' order (:data:`CAMERA_ORDER`, those
+any sample has), loaded by an :class:`~perception.datasets.image_transforms.ImageLoader` (network size, resize /
+crop folded into the intrinsics, ``cameras_off``, missing files). A sample whose info lacks one of the cameras
+gets that view as missing (an error, or invalid with ``missing="invalid"``; its calibration is then the
+camera's in the first sample that has it).
 """
 
 from __future__ import annotations
@@ -28,15 +34,15 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
 
-from perception.formats.nuscenes_infos import NuScenesInfo, infos_path, load_nuscenes_infos
-from perception.formats.nuscenes_names import NUSCENES_POINT_CHANNELS
+from perception.formats.nuscenes_infos import CameraInfo, NuScenesInfo, infos_path, load_nuscenes_infos
+from perception.formats.nuscenes_names import CAMERA_ORDER, NUSCENES_POINT_CHANNELS
 from perception.formats.nuscenes_points import load_lidar_points
 from perception.grid import VoxelGrid
 from perception.structures import Boxes3D, CameraRig, Points, Sample
 
 from .base import DetectionDataset, Mode, Transform, check_mode
+from .image_transforms import ImageLoader
 
 __all__ = ["NuScenesDataset", "infos_path_for"]
 
@@ -56,7 +62,9 @@ class NuScenesDataset(DetectionDataset):
         grid: the model's voxel grid (``cfg.data.grid``, a :class:`~perception.grid.VoxelGrid`); points and box
             centres outside it (LiDAR frame) are dropped, by the voxelizer's rule.
         max_sweeps: sweeps per sample including the keyframe (<= what the infos hold).
-        use_cameras: load the camera images and their :class:`CameraRig` (all cameras must share one size).
+        use_cameras: load the camera images and their :class:`CameraRig`.
+        images: how (network size, resize, cameras off, missing files); None: ``ImageLoader()``, the files'
+            resolution (all cameras must then share one size).
         mode: ``train`` (transforms, ``min_points_in_gt``), ``val`` (ground truth, transforms as given) or
             ``test`` (no ground truth).
         transforms: applied in order as ``t(sample, rng)``; ``rng`` is seeded by (``seed``, epoch, index).
@@ -77,6 +85,7 @@ class NuScenesDataset(DetectionDataset):
         info_sweeps: int | None = None,
         max_sweeps: int = 1,
         use_cameras: bool = False,
+        images: ImageLoader | None = None,
         mode: Mode = "train",
         transforms: Sequence[Transform] = (),
         min_points_in_gt: int = 0,
@@ -106,6 +115,12 @@ class NuScenesDataset(DetectionDataset):
             seed=seed,
         )
         self.max_sweeps, self.use_cameras = max_sweeps, bool(use_cameras)
+        self.images = images if images is not None else ImageLoader()
+        self._camera_names, self._camera_fallback = _camera_table(self.infos)
+        if self.use_cameras:
+            if not self._camera_names:
+                raise ValueError(f"{infos_path} holds no camera (use_cameras=True)")
+            self.images.check_names(self._camera_names, str(infos_path))
         self.min_points_in_gt, self.missing_sweeps = int(min_points_in_gt), missing_sweeps
 
     def _box_mask(self, info: NuScenesInfo) -> np.ndarray:
@@ -128,22 +143,18 @@ class NuScenesDataset(DetectionDataset):
         return {str(n) for n in info.gt_names[self._box_mask(info)]}
 
     def _cameras(self, info: NuScenesInfo) -> tuple[torch.Tensor, CameraRig]:
-        if not info.cameras:
+        if not self._camera_names:
             raise ValueError(f"sample {info.token} has no camera (use_cameras=True)")
-        images = []
-        for cam in info.cameras:
-            with Image.open(self.root / cam.path) as im:
-                images.append(np.asarray(im.convert("RGB")).transpose(2, 0, 1))
-        sizes = {im.shape for im in images}
-        if len(sizes) != 1:
-            raise ValueError(f"sample {info.token}: camera images differ in size {sorted(sizes)}")
-        rig = CameraRig(
-            tuple(c.name for c in info.cameras),
-            torch.tensor(np.stack([c.intrinsics for c in info.cameras]), dtype=torch.float32),
-            torch.tensor(np.stack([c.cam_to_lidar for c in info.cameras]), dtype=torch.float32),
-            torch.tensor([im.shape[1:] for im in images], dtype=torch.int64),
+        present = {c.name: c for c in info.cameras}
+        cams = [present.get(n, self._camera_fallback[n]) for n in self._camera_names]
+        return self.images.load(
+            token=info.token,
+            names=self._camera_names,
+            paths=[self.root / c.path if c.name in present else None for c in cams],
+            intrinsics=np.stack([c.intrinsics for c in cams]),
+            cam_to_lidar=np.stack([c.cam_to_lidar for c in cams]),
+            file_sizes=[c.image_size for c in cams],
         )
-        return torch.from_numpy(np.stack(images).copy()), rig
 
     def _load_points(self, info: NuScenesInfo) -> np.ndarray:
         try:
@@ -182,6 +193,16 @@ class NuScenesDataset(DetectionDataset):
             cameras=rig,
         )
         return self._apply_transforms(sample, index)
+
+
+def _camera_table(infos: Sequence[NuScenesInfo]) -> tuple[tuple[str, ...], dict[str, CameraInfo]]:
+    """The cameras any info has, in the infos' order, and each one's record in the first info that has it."""
+    first: dict[str, CameraInfo] = {}
+    for info in infos:
+        for cam in info.cameras:
+            first.setdefault(cam.name, cam)
+    order = [n for n in CAMERA_ORDER if n in first] + sorted(set(first) - set(CAMERA_ORDER))
+    return tuple(order), first
 
 
 def infos_path_for(root: str | os.PathLike[str], version: str, max_sweeps: int, split: str) -> Path:

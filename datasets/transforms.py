@@ -13,8 +13,10 @@ the transformed rig gives the same pixel as before. Images are not changed. Afte
 ``cam_to_lidar`` is no longer a proper rotation (a scale, or a mirror with determinant -1), but projection and
 unprojection through it stay exact.
 
-``perception.datasets.transforms`` also exports :class:`GTSampling` (``gt_sampling.py``) and the CBGS sampler
-(``cbgs.py``).
+``perception.datasets.transforms`` also exports :class:`GTSampling` (``gt_sampling.py``), the CBGS sampler
+(``cbgs.py``) and the camera image transforms :class:`ImageAugment` and :class:`ViewDropout`
+(``image_transforms.py``: image resize / crop / flip folded into the intrinsics, and into ``cam_to_lidar`` as a
+mirrored virtual camera for a flip; they compose with the global transforms here in any order).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from perception.structures import Sample
 from .base import Transform
 from .cbgs import ClassBalancedSampler, class_balanced_indices
 from .gt_sampling import GTSampling
+from .image_transforms import ImageAugment, ViewDropout
 
 __all__ = [
     "Transform",
@@ -47,6 +50,8 @@ __all__ = [
     "ClassBalancedSampler",
     "class_balanced_indices",
     "apply_lidar_transform",
+    "ImageAugment",
+    "ViewDropout",
 ]
 
 

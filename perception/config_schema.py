@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -25,6 +25,7 @@ from perception.config_types import (
     ConfigPath,
     Float,
     Int,
+    PosInt,
     PositiveFloat,
     Str,
     StrictSection,
@@ -33,7 +34,50 @@ from perception.grid import VoxelGrid
 from perception.models.model_config import ModelConfig
 from perception.train_config import TrainConfig
 
+if TYPE_CHECKING:
+    from perception.structures import ImageNorm
+
 NUSCENES_VERSIONS = ("v1.0-mini", "v1.0-trainval", "v1.0-test")
+
+
+class ImagesConfig(StrictSection):
+    """Camera images for fusion models (``data.images``; read only with ``data.use_cameras: true``).
+
+    Attributes:
+        size: network image ``[H, W]`` pixels, each a multiple of 32 (the image backbone's largest stride).
+        scale: resize factor from the file's resolution before the crop (0.16: nuScenes 1600x900 -> 256x144,
+            then cropped to e.g. ``[128, 256]``); None: the factor that makes the width fit, ``W / file width``.
+            The crop keeps the horizontal centre and cuts rows from the **top** (the road stays).
+        mean, std: RGB normalisation on the 0-255 scale, applied in the collate (samples keep uint8); None:
+            ImageNet's (:data:`perception.structures.IMAGENET_NORM`, what torchvision / mmdet ResNets expect).
+        cameras_off: camera names whose views stay in the batch but are invalid (zero image, not read), e.g.
+            ``--set data.images.cameras_off=[CAM_FRONT,CAM_BACK]``.
+        missing: a camera file missing or unreadable on disk: ``error`` (the message names the file, camera and
+            sample) or ``invalid`` (the view is marked invalid, with a logged warning).
+    """
+
+    size: tuple[PosInt, PosInt]
+    scale: PositiveFloat | None = None
+    mean: tuple[Float, Float, Float] | None = None
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = None
+    cameras_off: tuple[Str, ...] = ()
+    missing: Literal["error", "invalid"] = "error"
+
+    @model_validator(mode="after")
+    def _check(self) -> ImagesConfig:
+        if any(v % 32 for v in self.size):
+            raise ValueError(f"size must be multiples of 32 (the backbone's stride), got {list(self.size)}")
+        repeated = sorted({c for c in self.cameras_off if self.cameras_off.count(c) > 1})
+        if repeated:
+            raise ValueError(f"cameras_off repeats {repeated}")
+        return self
+
+    @property
+    def norm(self) -> ImageNorm:
+        """The :class:`~perception.structures.ImageNorm` the collate applies."""
+        from perception.structures import IMAGENET_NORM, ImageNorm  # torch: not at config-load time
+
+        return ImageNorm(self.mean or IMAGENET_NORM.mean, self.std or IMAGENET_NORM.std)
 
 
 class DataConfig(StrictSection):
@@ -53,6 +97,9 @@ class DataConfig(StrictSection):
             the file and the sample) or ``skip`` (leave that sweep out, with a warning); e.g.
             ``--set data.missing_sweeps=skip`` when only part of the sweeps is downloaded. A missing keyframe is
             always an error. Ignored for KITTI.
+        images: the camera images' network size, resize, normalisation, cameras off and missing-file rule
+            (:class:`ImagesConfig`); None: images at the files' resolution, ImageNet normalisation. Read only
+            with ``use_cameras: true``.
     """
 
     dataset: Literal["nuscenes", "kitti"]
@@ -64,6 +111,7 @@ class DataConfig(StrictSection):
     max_sweeps: Int = Field(default=1, ge=1)
     use_cameras: Bool = False
     missing_sweeps: Literal["error", "skip"] = "error"
+    images: ImagesConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -76,6 +124,17 @@ class DataConfig(StrictSection):
             )
         self.grid.check_whole_voxels()  # VoxelGrid validates the range; ValueError names the axis
         return self
+
+    @property
+    def image_norm(self) -> ImageNorm | None:
+        """The normalisation the collate applies to the images (None without ``use_cameras``)."""
+        if not self.use_cameras:
+            return None
+        if self.images is not None:
+            return self.images.norm
+        from perception.structures import IMAGENET_NORM  # torch: not at config-load time
+
+        return IMAGENET_NORM
 
     @cached_property
     def grid(self) -> VoxelGrid:
@@ -131,6 +190,12 @@ class ExperimentConfig(StrictSection):
                 raise ValueError(
                     f"synthetic.version ({s.version!r}) must equal data.version ({self.data.version!r})"
                 )
+        if self.data.use_cameras and self.train is not None and self.train.augment.gt_sampling is not None:
+            raise ValueError(
+                "train.augment.gt_sampling with data.use_cameras: true is not supported: pasted objects would be "
+                "in the LiDAR points but missing from the camera images; remove train.augment.gt_sampling "
+                "(e.g. --set train.augment.gt_sampling=null)"
+            )
         if self.model is not None:
             self.model.plan(self.data)  # ValueError naming the keys that disagree
         return self

@@ -39,6 +39,8 @@ from perception.config_types import (
 __all__ = [
     "AugmentConfig",
     "GTSamplingConfig",
+    "ImageAugmentConfig",
+    "ViewDropoutConfig",
     "OneCycleConfig",
     "OptimizerConfig",
     "TrainConfig",
@@ -93,8 +95,48 @@ class GTSamplingConfig(StrictSection):
     remove_extra_width: tuple[Float, Float, Float] = (0.0, 0.0, 0.0)
 
 
+#: A probability that may be 1 (always).
+UnitInterval = Annotated[Float, Field(ge=0.0, le=1.0)]
+
+
+class ImageAugmentConfig(StrictSection):
+    """Camera image augmentation (``train.augment.image``; with ``data.use_cameras: true``), per view, folded
+    into the camera rig (``perception.datasets.image_transforms.ImageAugment``).
+
+    Attributes:
+        resize: ``(min, max)`` factors of a random resize of the loaded network-size image (i.e. around
+            ``data.images.scale``), then cropped back to ``data.images.size``; ``(1, 1)``: off.
+        random_crop: the horizontal crop position is random (else centred); rows are always cut from the top.
+        flip: probability of a horizontal flip (a mirrored virtual camera, see ``CameraBatch``).
+    """
+
+    resize: tuple[PositiveFloat, PositiveFloat] = (1.0, 1.0)
+    random_crop: Bool = True
+    flip: UnitInterval = 0.5
+
+    @model_validator(mode="after")
+    def _check(self) -> ImageAugmentConfig:
+        if self.resize[0] > self.resize[1]:
+            raise ValueError(f"resize: min ({self.resize[0]}) must be <= max ({self.resize[1]})")
+        return self
+
+
+class ViewDropoutConfig(StrictSection):
+    """Training-time camera view dropout (``train.augment.view_dropout``): dropped views are marked invalid and
+    their images zeroed, as a missing camera at inference.
+
+    Attributes:
+        probability: each view dropped independently with this probability.
+        all_probability: every view of the sample dropped at once with this probability (LiDAR-only samples).
+    """
+
+    probability: UnitInterval = 0.0
+    all_probability: UnitInterval = 0.0
+
+
 class AugmentConfig(StrictSection):
-    """Training-time augmentation, applied in this order: GT sampling, flip, rotation, scaling, translation.
+    """Training-time augmentation, applied in this order: GT sampling, flip, rotation, scaling, translation,
+    image augmentation, view dropout (the 3D and the image transforms compose in any order; this one is fixed).
 
     Attributes:
         gt_sampling: copy-paste augmentation; None: off.
@@ -103,6 +145,8 @@ class AugmentConfig(StrictSection):
         rotation: ``(min, max)`` radians of a global rotation about +z; None: off.
         scaling: ``(min, max)`` global scale factors (> 0); None: off.
         translation_std: ``(sx, sy, sz)`` metres, std of a global Gaussian translation; None: off.
+        image: camera image resize / crop / flip (:class:`ImageAugmentConfig`); None: off.
+        view_dropout: camera view dropout (:class:`ViewDropoutConfig`); None: off.
     """
 
     gt_sampling: GTSamplingConfig | None = None
@@ -111,6 +155,8 @@ class AugmentConfig(StrictSection):
     rotation: tuple[Float, Float] | None = None
     scaling: tuple[PositiveFloat, PositiveFloat] | None = None
     translation_std: tuple[Float, Float, Float] | None = None
+    image: ImageAugmentConfig | None = None
+    view_dropout: ViewDropoutConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> AugmentConfig:

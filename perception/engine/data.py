@@ -7,11 +7,16 @@
 * :func:`build_train_transforms` turns ``train.augment`` into the transform list (GT sampling with its fade,
   flip, rotation, scaling, translation, and a final point-range / object-range filter).
 * :func:`build_train_sampler` returns the sharded training sampler (class-balanced with ``train.cbgs``).
+* :func:`collate_for` is the ``DataLoader`` collate of a data set: ``Batch.collate`` with the data set's
+  :class:`~perception.structures.ImageNorm` when it loads cameras (float32 normalised images in the batch, what
+  ``Batch.camera_batch()`` needs), plain ``Batch.collate`` otherwise.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,13 +24,14 @@ import torch
 
 from perception.config_schema import ExperimentConfig
 from perception.engine.distributed import DistInfo, ShardedSampler
-from perception.structures import Sample
+from perception.structures import Batch, Sample
 from perception.train_config import TrainConfig
 
 __all__ = [
     "build_dataset",
     "build_train_sampler",
     "build_train_transforms",
+    "collate_for",
     "eval_set_name",
     "prepare_data",
 ]
@@ -169,6 +175,10 @@ def build_train_transforms(cfg: ExperimentConfig, train: TrainConfig) -> list[An
         out.append(T.GlobalScaling(aug.scaling))
     if aug.translation_std is not None:
         out.append(T.GlobalTranslation(aug.translation_std))
+    if cfg.data.use_cameras and aug.image is not None:
+        out.append(T.ImageAugment(aug.image.resize, aug.image.random_crop, aug.image.flip))
+    if cfg.data.use_cameras and aug.view_dropout is not None:
+        out.append(T.ViewDropout(aug.view_dropout.probability, aug.view_dropout.all_probability))
     if out:
         out.append(T.PointRangeFilter(cfg.data.grid))
         out.append(T.ObjectRangeFilter(cfg.data.grid))
@@ -205,6 +215,8 @@ def build_dataset(
         use_cameras=d.use_cameras,
         mode=mode,
     )
+    if d.use_cameras:
+        common["images"] = image_loader(cfg)
     if mode == "train":
         assert train is not None
         common.update(
@@ -228,6 +240,31 @@ def build_dataset(
     if mode == "val":
         check_kitti_labels(kitti_label_dir(d.root), [i.frame_id for i in kitti.infos])
     return kitti
+
+
+def image_loader(cfg: ExperimentConfig) -> Any:
+    """The :class:`~perception.datasets.image_transforms.ImageLoader` of ``data.images`` (None: the files'
+    resolution, ImageNet normalisation)."""
+    from perception.datasets.image_transforms import ImageLoader
+
+    im = cfg.data.images
+    if im is None:
+        return ImageLoader()
+    return ImageLoader(
+        size=im.size, scale=im.scale, cameras_off=im.cameras_off, missing=im.missing, norm=im.norm
+    )
+
+
+def collate_for(dataset: torch.utils.data.Dataset[Sample]) -> Callable[[Sequence[Sample]], Batch]:
+    """The collate of ``dataset`` (a ``Subset`` is looked through): ``Batch.collate`` with its
+    ``image_norm`` when it loads cameras, else ``Batch.collate``."""
+    from perception.datasets.base import DetectionDataset
+
+    base: Any = dataset
+    while isinstance(base, torch.utils.data.Subset):
+        base = base.dataset
+    norm = base.image_norm if isinstance(base, DetectionDataset) else None
+    return Batch.collate if norm is None else functools.partial(Batch.collate, image_norm=norm)
 
 
 def build_train_sampler(

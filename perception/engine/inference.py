@@ -31,9 +31,10 @@ import torch
 from perception.config_schema import ExperimentConfig
 from perception.engine.amp import MixedPrecision
 from perception.engine.checkpoint import atomic_torch_save
+from perception.engine.data import collate_for
 from perception.engine.distributed import DistInfo, gather_object
 from perception.engine.logger import progress
-from perception.structures import Batch, Boxes3D, Detections
+from perception.structures import Boxes3D, Detections
 
 __all__ = [
     "DETS_FORMAT_VERSION",
@@ -91,7 +92,7 @@ def run_inference(
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=Batch.collate,
+        collate_fn=collate_for(dataset),
         generator=torch.Generator().manual_seed(
             0
         ),  # the loader's seed draw leaves the global generator alone

@@ -42,6 +42,7 @@ from perception.engine.checkpoint import (
     rng_from_plain,
     rng_to_plain,
 )
+from perception.engine.data import collate_for
 from perception.engine.distributed import (
     DistInfo,
     ShardedSampler,
@@ -375,7 +376,7 @@ class Trainer:
             batch_size=self.cfg.batch_size,
             sampler=sampler,
             num_workers=self.cfg.workers,
-            collate_fn=Batch.collate,
+            collate_fn=collate_for(self.train_set),
             drop_last=False,
             pin_memory=self.dist.device.type == "cuda",
             generator=torch.Generator().manual_seed(seed),  # leaves the global generator alone
