@@ -286,9 +286,8 @@ class ImageAugment:
         for i in range(len(rig)):
             r = float(rng.uniform(*self.resize_range))
             wr, hr = w * r, h * r
-            x0 = float(rng.uniform(0.0, wr - w)) if self.random_crop else (wr - w) / 2
-            if self.random_crop and wr < w:
-                x0 = float(rng.uniform(wr - w, 0.0))
+            lo, hi = sorted((0.0, wr - w))  # r < 1: the crop is a pad, placed at random too
+            x0 = float(rng.uniform(lo, hi)) if self.random_crop else (wr - w) / 2
             a = pixel_affine(r, r, -x0, -(hr - h))
             k = a @ rig.intrinsics[i].double().numpy()
             c2l = rig.cam_to_lidar[i].double().numpy()
