@@ -146,7 +146,8 @@ class SyntheticDataConfig(StrictSection):
     """How to generate a synthetic dataset into ``data.root`` when that folder does not exist.
 
     Passed to :mod:`perception.datasets.synthetic`, which validates the values in depth; here only types and
-    obvious bounds are checked.
+    obvious bounds are checked. A data set already in ``data.root`` that was generated with another LiDAR
+    (``lidar_beams``) is refused with an error rather than reused.
     """
 
     format: Literal["nuscenes", "kitti"]
@@ -156,6 +157,13 @@ class SyntheticDataConfig(StrictSection):
     sweeps: Int = Field(default=9, ge=0, description="non-keyframe sweeps between keyframes")
     cameras: Literal["all", "front", "none"] = "all"
     seed: Int = 0
+    lidar_beams: Int | None = Field(
+        default=None,
+        ge=2,
+        le=256,
+        description="a sparser LiDAR: this many beams spread over the default LiDAR's elevation span "
+        "(HDL-32E for nuScenes, HDL-64E for KITTI); None: the default LiDAR",
+    )
 
 
 class ExperimentConfig(StrictSection):

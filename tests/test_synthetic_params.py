@@ -130,3 +130,52 @@ def test_synthetic_classes_are_the_nuscenes_detection_classes() -> None:
     assert [c.name for c in CLASSES] == list(DETECTION_NAMES)
     assert sorted(c.name for c in CLASSES) == sorted(NUSCENES_CLASSES)
     assert all(category_to_detection_name(c.category) == c.name for c in CLASSES)
+
+
+# ---------------------------------------------------------------- sparser LiDAR (synthetic.lidar_beams)
+
+
+def test_lidar_beams_spreads_over_the_default_span() -> None:
+    for fmt, base in (("nuscenes", hdl32e()), ("kitti", hdl64e())):
+        spec = SyntheticParams(format=fmt, lidar_beams=16).lidar_spec
+        assert spec.beams == 16 and spec.name == f"{base.name}/16"
+        assert min(spec.elevations_deg) == min(base.elevations_deg)
+        assert max(spec.elevations_deg) == max(base.elevations_deg)
+        assert spec.azimuth_steps == base.azimuth_steps and spec.max_range == base.max_range
+    assert SyntheticParams(lidar_beams=32).lidar_spec == hdl32e()
+    with pytest.raises(ValueError, match="lidar_beams"):
+        SyntheticParams(lidar_beams=1)
+
+
+def _kitti_config(tmp_path: Path, beams: int | None) -> Path:
+    extra = "" if beams is None else f"\n  lidar_beams: {beams}"
+    path = tmp_path / f"c{beams}.yaml"
+    path.write_text(
+        "data:\n  dataset: kitti\n  root: data\n  class_names: [Car]\n"
+        "  point_cloud_range: [0, -40, -3, 70.4, 40, 1]\n  voxel_size: [0.2, 0.2, 4.0]\n"
+        f"synthetic:\n  format: kitti\n  scenes: 3\n  samples: 1\n  cameras: front{extra}\n"
+    )
+    return path
+
+
+def test_generated_set_records_its_lidar_and_other_beams_are_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The data set records its parameters; a config asking for another LiDAR does not reuse it."""
+    from perception.config import load_config
+    from perception.datasets.synthetic import read_params_record
+    from perception.engine.data import prepare_data
+
+    sparse = load_config(_kitti_config(tmp_path, 8))
+    prepare_data(sparse)
+    recorded = read_params_record(tmp_path / "data" / "training")
+    assert recorded is not None and recorded.lidar_spec.beams == 8 and recorded.lidar_beams == 8
+    prepare_data(sparse)  # the same settings: reused
+    with pytest.raises(
+        ValueError, match=r"HDL-64E/8 \(8 beams\).*HDL-64E \(64 beams; synthetic.lidar_beams\)"
+    ):
+        prepare_data(load_config(_kitti_config(tmp_path, None)))
+    (tmp_path / "data" / "training" / "synthetic_params.json").unlink()  # a set from before the records
+    prepare_data(load_config(_kitti_config(tmp_path, None)))
+    with pytest.raises(ValueError, match=r"HDL-64E \(64 beams\), but .* HDL-64E/16"):
+        prepare_data(load_config(_kitti_config(tmp_path, 16)))

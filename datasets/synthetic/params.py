@@ -5,10 +5,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: File inside a generated data set's marker folder (``training/``, ``v1.0-mini/``) recording its parameters.
+PARAMS_RECORD = "synthetic_params.json"
 
 #: Scenes available per nuScenes version: (train, val) split sizes in the devkit's split lists.
 NUSCENES_SPLIT_SIZES: dict[str, tuple[int, int]] = {"v1.0-mini": (8, 2), "v1.0-trainval": (700, 150)}
@@ -111,6 +116,10 @@ class SyntheticParams(BaseModel):
         seed: seed of the numpy Generator; the same parameters give byte-identical output.
         objects_per_scene: annotated objects per scene (besides one guaranteed object of each class).
         lidar: LiDAR model; default HDL-32E (nuScenes) or HDL-64E (KITTI).
+        lidar_beams: a sparser (or denser) LiDAR: the model's beams replaced by this many spread evenly over the
+            same elevation span (HDL-32E: -30.67 to +10.67 degrees; 16 beams are 2.76 degrees apart instead of
+            1.33), same columns and range; None: the model as it is. Far and small objects then get a handful
+            of points while the cameras still see them (the fusion benchmark's sparse setting).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -124,6 +133,7 @@ class SyntheticParams(BaseModel):
     seed: int = Field(default=0, ge=0, lt=2**63)
     objects_per_scene: int = Field(default=40, ge=0, le=400)
     lidar: LidarSpec | None = None
+    lidar_beams: int | None = Field(default=None, ge=2, le=256)
 
     @model_validator(mode="after")
     def _check_format(self) -> SyntheticParams:
@@ -153,6 +163,8 @@ class SyntheticParams(BaseModel):
             object.__setattr__(self, "sweeps", 0)
         if self.lidar is None:
             object.__setattr__(self, "lidar", hdl32e() if self.format == "nuscenes" else hdl64e())
+        if self.lidar_beams is not None and self.lidar_spec.beams != self.lidar_beams:
+            object.__setattr__(self, "lidar", with_beams(self.lidar_spec, self.lidar_beams))
         return self
 
     @property
@@ -166,3 +178,29 @@ class SyntheticParams(BaseModel):
         """The resolved sweep count (never None after validation)."""
         assert self.sweeps is not None
         return self.sweeps
+
+
+def with_beams(spec: LidarSpec, beams: int) -> LidarSpec:
+    """``spec`` with ``beams`` beams spread evenly over its elevation span (name suffixed ``/<beams>``)."""
+    lo, hi = min(spec.elevations_deg), max(spec.elevations_deg)
+    elevations = tuple(float(v) for v in np.round(np.linspace(lo, hi, beams), 4))
+    return spec.model_copy(update={"elevations_deg": elevations, "name": f"{spec.name}/{beams}"})
+
+
+def write_params_record(params: SyntheticParams, marker_dir: str | Path) -> Path:
+    """Write ``params`` (resolved: LiDAR model included) as JSON into the data set's marker folder."""
+    path = Path(marker_dir) / PARAMS_RECORD
+    path.write_text(params.model_dump_json(indent=1) + "\n")
+    return path
+
+
+def read_params_record(marker_dir: str | Path) -> SyntheticParams | None:
+    """The parameters a data set was generated with, or None when it has no record (generated before records
+    were written, or not synthetic). ``ValueError`` naming the file when the record is unreadable."""
+    path = Path(marker_dir) / PARAMS_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return SyntheticParams.model_validate(json.loads(path.read_text()))
+    except ValueError as err:
+        raise ValueError(f"{path}: unreadable synthetic parameters record ({err})") from None

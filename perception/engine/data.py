@@ -103,25 +103,17 @@ def prepare_data(cfg: ExperimentConfig, *, workers: int = 0, progress: bool = Fa
                 f"was interrupted there (before generation became atomic); delete {root} and run again to "
                 "generate it anew"
             )
+    if present and cfg.synthetic is not None:
+        _check_synthetic_identity(cfg, root / dataset_marker(d.dataset, d.version))
     if not present:
         if cfg.synthetic is None:
             raise FileNotFoundError(
                 f"data.root {root} holds no {d.dataset} data set and the config has no 'synthetic' section"
             )
-        from perception.datasets.synthetic import SyntheticParams, generate
+        from perception.datasets.synthetic import generate
 
-        s = cfg.synthetic
-        params = SyntheticParams(
-            format=s.format,
-            version=s.version,
-            scenes=s.scenes,
-            samples=s.samples,
-            sweeps=s.sweeps if s.format == "nuscenes" else 0,
-            cameras=s.cameras,
-            seed=s.seed,
-        )
-        logger.info("generating a synthetic %s data set in %s", s.format, root)
-        generate(params, root)
+        logger.info("generating a synthetic %s data set in %s", cfg.synthetic.format, root)
+        generate(synthetic_params(cfg), root)
     if (
         all(_infos_file(cfg, split).is_file() for split in ("train", "val"))
         and _gt_database_dir(cfg).is_dir()
@@ -137,6 +129,55 @@ def prepare_data(cfg: ExperimentConfig, *, workers: int = 0, progress: bool = Fa
         from perception.datasets.kitti_infos import create_kitti_infos
 
         create_kitti_infos(root, workers=workers, progress=progress)
+
+
+def synthetic_params(cfg: ExperimentConfig) -> Any:
+    """The :class:`~perception.datasets.synthetic.SyntheticParams` of the config's ``synthetic`` section."""
+    from perception.datasets.synthetic import SyntheticParams
+
+    s = cfg.synthetic
+    if s is None:
+        raise ValueError("the config has no 'synthetic' section")
+    return SyntheticParams(
+        format=s.format,
+        version=s.version,
+        scenes=s.scenes,
+        samples=s.samples,
+        sweeps=s.sweeps if s.format == "nuscenes" else 0,
+        cameras=s.cameras,
+        seed=s.seed,
+        lidar_beams=s.lidar_beams,
+    )
+
+
+def _check_synthetic_identity(cfg: ExperimentConfig, marker_dir: Path) -> None:
+    """``ValueError`` when the synthetic data set in ``marker_dir``'s root was generated with another LiDAR than
+    the config's ``synthetic`` section asks for (a set without a parameters record counts as the default LiDAR);
+    other differing settings are logged."""
+    from perception.datasets.synthetic import read_params_record
+
+    wanted = synthetic_params(cfg)
+    recorded = read_params_record(marker_dir)
+    default = type(wanted)(format=wanted.format).lidar_spec  # what sets without a record were made with
+    have_lidar = recorded.lidar_spec if recorded is not None else default
+    if have_lidar != wanted.lidar_spec:
+        root = marker_dir.parent
+        raise ValueError(
+            f"data.root {root} holds a synthetic data set generated with the LiDAR {have_lidar.name} "
+            f"({have_lidar.beams} beams), but the config's synthetic section asks for {wanted.lidar_spec.name} "
+            f"({wanted.lidar_spec.beams} beams; synthetic.lidar_beams): point data.root at another folder, or "
+            f"delete {root} to generate it anew"
+        )
+    if recorded is not None:
+        fields = ("scenes", "samples", "sweeps", "cameras", "seed")
+        differ = [f"{k}: {getattr(recorded, k)} (config {getattr(wanted, k)})" for k in fields
+                  if getattr(recorded, k) != getattr(wanted, k)]  # fmt: skip
+        if differ:
+            logger.warning(
+                "data.root %s holds a synthetic data set generated with other settings (%s); using it as it is",
+                marker_dir.parent,
+                ", ".join(differ),
+            )
 
 
 def build_train_transforms(cfg: ExperimentConfig, train: TrainConfig) -> list[Any]:
