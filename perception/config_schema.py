@@ -204,6 +204,14 @@ class ExperimentConfig(StrictSection):
                 "in the LiDAR points but missing from the camera images; remove train.augment.gt_sampling "
                 "(e.g. --set train.augment.gt_sampling=null)"
             )
+        if (
+            self.model is not None
+            and self.model.fusion is not None
+            and (not self.data.use_cameras or self.data.images is None)
+        ):
+            raise ValueError(
+                "model.fusion (SparseFusion) needs data.use_cameras: true and data.images (the network image size)"
+            )
         if self.model is not None:
             self.model.plan(self.data)  # ValueError naming the keys that disagree
         return self

@@ -145,7 +145,9 @@ def test_tools_test_refuses_bad_ground_truth_before_loading_the_model(
     assert tool.main(argv) == 2
     # log records (e.g. the note that the fixture's synthetic set was made with other settings) are not errors
     lines = capsys.readouterr().err.strip().splitlines()
-    err = [line for line in lines if not re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (DEBUG|INFO|WARNING) ", line)]
+    err = [
+        line for line in lines if not re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (DEBUG|INFO|WARNING) ", line)
+    ]
     assert len(err) == 1 and err[0].startswith("test.py: error: ") and zero in err[0]
     assert "of zero size" in err[0] and "cannot be loaded" not in err[0]
 

@@ -174,8 +174,11 @@ def _train(args: argparse.Namespace, cfg: object) -> int:
             len(sampler),
         )
         model = build_detector(cfg.model, cfg.data)
-        if args.pretrained is not None:
+        pretrained = (
             load_model_weights(model, args.pretrained, strict=False, min_share=args.pretrained_min_share)
+            if args.pretrained is not None
+            else None
+        )
         logger.info(
             "model: %s, %.2f M parameters",
             type(model).__name__,
@@ -208,9 +211,18 @@ def _train(args: argparse.Namespace, cfg: object) -> int:
             show_progress=not args.no_progress,
         )
         try:
-            trainer.resume(args.ckpt)
+            resumed = trainer.resume(args.ckpt)
         except ValueError as err:  # CheckpointError included; the run folder is left as it was, save log.txt
             logger.error("resume refused: %s", err)
+            return 2
+        unloaded = _frozen_without_weights(model, pretrained.match.loaded if pretrained else ())
+        if resumed is None and unloaded:
+            logger.error(
+                "%d frozen tensors (model.fusion.freeze_lidar) would keep their random initial values, e.g. %s: "
+                "start from a LiDAR-only checkpoint with --pretrained PATH, or set model.fusion.freeze_lidar=false",
+                len(unloaded),
+                ", ".join(unloaded[:3]),
+            )
             return 2
         if dist.is_main:  # only now: a refused resume leaves the config its checkpoints were made with
             save_config(cfg, run_dir / "config.yaml")
@@ -227,6 +239,16 @@ def _train(args: argparse.Namespace, cfg: object) -> int:
     finally:
         cleanup_distributed(dist)
     return 0
+
+
+def _frozen_without_weights(model: object, loaded: tuple[str, ...]) -> list[str]:
+    """State-dict keys of the model's frozen stages (``frozen_state_keys()``, SparseFusion's LiDAR branch with
+    ``freeze_lidar``) that ``--pretrained`` did not load."""
+    keys = getattr(model, "frozen_state_keys", None)
+    if keys is None:
+        return []
+    have = set(loaded)
+    return [k for k in keys() if k not in have]
 
 
 if __name__ == "__main__":

@@ -167,7 +167,8 @@ def _predict(detector: Any, sample: Any) -> Any:
     """The detector's detections on a dataset sample (on the CPU)."""
     from perception.structures import Batch
 
-    (det,) = detector.model.predict(Batch.collate([sample]).to(detector.device))
+    batch = Batch.collate([sample], image_norm=detector.config.data.image_norm)  # fusion models: float images
+    (det,) = detector.model.predict(batch.to(detector.device))
     return det.to("cpu")
 
 

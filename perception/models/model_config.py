@@ -43,6 +43,7 @@ from perception.shapes import MapShape, SparseShape
 
 from .backbones.dsvt_config import DSVTConfig
 from .backbones.spconv_resnet_config import SpconvResNetConfig
+from .fusion.fusion_config import SparseFusionConfig
 from .heads.centerpoint_config import CenterPointConfig
 from .heads.transfusion_config import TransFusionConfig
 
@@ -358,6 +359,9 @@ class ModelConfig(StrictSection):
     Attributes:
         num_point_features: point columns ``C`` the detector reads (nuScenes ``[x, y, z, intensity, time_lag]``: 5).
         voxelization / vfe / backbone_3d / bev / bev_backbone / head: the stages (see the config classes).
+        fusion: SparseFusion's camera branch and fusion stages on top of these LiDAR stages
+            (:class:`~.fusion.fusion_config.SparseFusionConfig`; the head must be ``transfusion``); None: a
+            LiDAR-only detector.
     """
 
     num_point_features: Annotated[int, Strict(), Field(ge=3)]
@@ -367,6 +371,7 @@ class ModelConfig(StrictSection):
     bev: BEVConfig
     bev_backbone: BEVBackboneConfig
     head: HeadConfig
+    fusion: SparseFusionConfig | None = None
 
     def plan(self, data: DataLike) -> ModelPlan:
         """Follow the shapes through the stages on ``data.grid`` for ``data.class_names``; ``ValueError`` naming
@@ -383,4 +388,8 @@ class ModelConfig(StrictSection):
         head_input = self.bev_backbone.output_shape(bev)
         self.head.check_input(head_input, grid)
         self.head.settings.check_classes(class_names)
+        if self.fusion is not None and self.head.transfusion is None:
+            raise ValueError(
+                f"model.fusion (SparseFusion) needs model.head.transfusion, got model.head.{self.head.name}"
+            )
         return ModelPlan(grid=grid, vfe=vfe, backbone_3d=backbone, bev=bev, head_input=head_input)

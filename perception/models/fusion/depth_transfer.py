@@ -19,9 +19,10 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from perception.config_types import PosInt, PositiveFloat, StrictSection
 from perception.models.image.shapes import ImageFeatureShape
 from perception.structures import CameraBatch
+
+from .fusion_config import GeometricTransferConfig
 
 __all__ = ["DEPTH_CHANNELS", "GeometricTransfer", "GeometricTransferConfig", "sparse_depth_map"]
 
@@ -29,21 +30,6 @@ DEPTH_CHANNELS = 2
 """Channels of the sparse depth map: normalised nearest depth, occupancy."""
 MIN_DEPTH = 1e-3
 """Metres; points nearer to (or behind) the camera plane are not projected, as :meth:`CameraBatch.project`."""
-
-
-class GeometricTransferConfig(StrictSection):
-    """``model.fusion.geometric_transfer:``.
-
-    Attributes:
-        channels: width of the depth CNN.
-        max_depth: metres; channel 0 of the depth map is ``min(depth / max_depth, 1)``.
-        depth_stride: stride of the depth map w.r.t. the input image (the authors: 4, the finest FPN level); it
-            must divide the first FPN stride.
-    """
-
-    channels: PosInt = 64
-    max_depth: PositiveFloat = 60.0
-    depth_stride: PosInt = 4
 
 
 def sparse_depth_map(

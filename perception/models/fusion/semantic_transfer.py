@@ -23,44 +23,17 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from perception.config_types import Float, PosInt, StrictSection
 from perception.grid import VoxelGrid
 from perception.models.heads.box_coder import CenterBoxCoder
 from perception.models.image.shapes import ImageFeatureShape
 from perception.structures import CameraBatch
 
+from .fusion_config import SemanticTransferConfig
+
 __all__ = ["SemanticTransfer", "SemanticTransferConfig"]
-
-
-class SemanticTransferConfig(StrictSection):
-    """Semantic transfer (``model.fusion.semantic_transfer:``).
-
-    Attributes:
-        heights: LiDAR-frame z (m) each cell centre is lifted to (nuScenes: the ground is near -1.8 m, object
-            centres near -1 m).
-        num_levels: the finest this many FPN levels are sampled; None: all.
-        hidden_channels: attention width; None: the BEV channels.
-        num_heads: attention heads (divide the width).
-        max_cells: occupied cells processed per sample (:meth:`SemanticTransfer.select_cells`).
-    """
-
-    heights: tuple[Float, ...] = (-1.5, -0.5, 0.5)
-    num_levels: PosInt | None = None
-    hidden_channels: PosInt | None = None
-    num_heads: PosInt = 8
-    max_cells: PosInt = 30000
-
-    @model_validator(mode="after")
-    def _check(self) -> SemanticTransferConfig:
-        if not self.heights or not all(math.isfinite(h) for h in self.heights):
-            raise ValueError(
-                f"semantic_transfer.heights must be finite metres, at least one, got {self.heights}"
-            )
-        return self
 
 
 class SemanticTransfer(nn.Module):

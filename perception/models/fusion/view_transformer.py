@@ -24,21 +24,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
-from perception.config_types import Bool, NonNegFloat, PosInt, Probability, StrictSection
 from perception.models.heads.box_coder import CenterBoxCoder
 from perception.models.heads.config_common import default_code_weights
-from perception.models.heads.transfusion_config import MatchCosts
 from perception.models.heads.transfusion_layers import PositionEncoding, PredictionBranch
 from perception.models.heads.transfusion_matching import hungarian_match
 from perception.models.losses import sigmoid_focal_loss, weighted_l1_loss
 from perception.structures import Boxes3D, CameraBatch
 
 from .camera_geometry import boxes_to_camera
+from .fusion_config import ViewLossConfig, ViewTransformerConfig
 from .lifting import CameraCandidates
 
 __all__ = [
@@ -52,49 +50,6 @@ __all__ = [
 
 CAMERA_PARAMS = 16
 """Camera parameters per query: 4 normalised intrinsics, 9 rotation entries, 3 translation entries."""
-
-
-class ViewLossConfig(StrictSection):
-    """Loss of the view-transform stage (``loss:``).
-
-    Attributes:
-        cls_weight: weight of the focal class loss (``loss_view_cls``).
-        bbox_weight: weight of the L1 box-code loss (``loss_view_bbox``).
-        code_weights: per code column (10, or 8 without velocity); None: 1, and 0.2 for the velocities.
-        focal_alpha / focal_gamma: of the class loss.
-        match: Hungarian matching costs.
-    """
-
-    cls_weight: NonNegFloat = 1.0
-    bbox_weight: NonNegFloat = 0.25
-    code_weights: tuple[NonNegFloat, ...] | None = None
-    focal_alpha: NonNegFloat = 0.25
-    focal_gamma: NonNegFloat = 2.0
-    match: MatchCosts = MatchCosts()
-
-
-class ViewTransformerConfig(StrictSection):
-    """The view transformer (``model.fusion.view_transformer:``; defaults: the authors' nuScenes config).
-
-    Attributes:
-        num_heads: attention heads (divides the hidden size).
-        ffn_channels: hidden size of the FFN.
-        dropout: attention / residual dropout.
-        activation: FFN activation.
-        camera_encoding: gate the query features with the encoded camera parameters (the authors' ``se``);
-            False leaves them out.
-        branch_channels / branch_layers: prediction branches (as TransFusion's).
-        loss: the stage's loss.
-    """
-
-    num_heads: PosInt = 8
-    ffn_channels: PosInt = 256
-    dropout: Probability = 0.1
-    activation: Literal["relu", "gelu"] = "relu"
-    camera_encoding: Bool = True
-    branch_channels: PosInt = 64
-    branch_layers: PosInt = 2
-    loss: ViewLossConfig = ViewLossConfig()
 
 
 @dataclass
