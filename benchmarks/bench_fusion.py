@@ -3,10 +3,11 @@
 
     python benchmarks/bench_fusion.py [--out output/bench_fusion] [--val-seed 1]
                                       [--lidar-epochs N] [--fusion-epochs N] [--camera-epochs N]
-                                      [--skip-training] [--latency-frames 5]
+                                      [--skip-training] [--latency-frames 5] [--eval-split train|val]
 
 Set-up (not timed): the synthetic train set of ``configs/fusion_tiny.yaml`` (sparse 16-beam LiDAR, six cameras) and
-a fresh val set with another seed (``OUT/val_data``; its ``mini_val`` scenes are the evaluation split).
+a fresh data set with another seed (``OUT/val_data``), never trained on; its 8 ``mini_train`` scenes (80 samples,
+``--eval-split train``, the default) or its 2 ``mini_val`` scenes (20 samples) are scored.
 
 Training, each with ``tools/train.py`` on this CPU, wall time measured:
 
@@ -16,7 +17,7 @@ Training, each with ``tools/train.py`` on this CPU, wall time measured:
 4. ``configs/fusion_tiny_lidar.yaml`` trained afresh for the epochs of (1) plus as many as (2) took: LiDAR-only
    with the same total CPU budget as the fused model.
 
-Evaluation with ``tools/test.py`` (official devkit) on the fresh val split: mAP / NDS and per-class AP of (1), (4),
+Evaluation with ``tools/test.py`` (official devkit) on the fresh data: mAP / NDS and per-class AP of (1), (4),
 (3) and (2); the fused model with 0, 1, 3 and all 6 cameras removed (``--set data.images.cameras_off=[...]``).
 Latency: per-stage wall time of one frame, batch 1, warm (the median of ``--latency-frames`` frames after two
 warm-up frames), loading included, for the fused model.
@@ -75,8 +76,10 @@ def _last_checkpoint(run_dir: Path) -> Path:
     return max(found)[1]
 
 
-def _metrics(run_dir: Path, ckpt: Path) -> dict[str, float]:
-    found = sorted((run_dir / "eval").glob(f"*{ckpt.stem.removeprefix('checkpoint_')}-*/*val/metrics.json"))
+def _metrics(run_dir: Path, ckpt: Path, split: str) -> dict[str, float]:
+    found = sorted(
+        (run_dir / "eval").glob(f"*{ckpt.stem.removeprefix('checkpoint_')}-*/{split}/metrics.json")
+    )
     if not found:
         raise FileNotFoundError(f"no metrics for {ckpt} under {run_dir / 'eval'}")
     return json.loads(found[-1].read_text())
@@ -165,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--camera-epochs", type=int, default=None)
     p.add_argument("--skip-training", action="store_true", help="evaluate the runs already in --out")
     p.add_argument("--latency-frames", type=int, default=5)
+    p.add_argument(
+        "--eval-split",
+        default="train",
+        help="split of the fresh data set to score: train (its 8 mini_train scenes, 80 samples, the default) or val "
+        "(its 2 mini_val scenes); neither was trained on",
+    )
     args = p.parse_args(argv)
 
     from perception.config import load_config
@@ -216,16 +225,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, run_dir in runs.items():
         ckpt = _last_checkpoint(run_dir)
         _run([py, "tools/test.py", str(cfg_of[name]), "--ckpt", str(ckpt), "--extra-tag", run_dir.name,
-              "--no-progress", "--set", *val_set], log)  # fmt: skip
-        results[name] = _metrics(run_dir, ckpt)
+              "--no-progress", "--split", args.eval_split, "--set", *val_set], log)  # fmt: skip
+        results[name] = _metrics(run_dir, ckpt, args.eval_split)
     removed: dict[int, dict[str, float]] = {0: results["fusion"]}
     fusion_ckpt = _last_checkpoint(runs["fusion"])
     for n in (1, 3, 6):
         tag = f"fusion_{n}_cameras_removed"
         names = "[" + ",".join(REMOVED[n]) + "]"
         _run([py, "tools/test.py", str(FUSION_CFG), "--ckpt", str(fusion_ckpt), "--extra-tag", tag, "--no-progress",
-              "--set", *val_set, f"data.images.cameras_off={names}"], log)  # fmt: skip
-        removed[n] = _metrics(out / FUSION_CFG.stem / tag, fusion_ckpt)
+              "--split", args.eval_split, "--set", *val_set, f"data.images.cameras_off={names}"], log)  # fmt: skip
+        removed[n] = _metrics(out / FUSION_CFG.stem / tag, fusion_ckpt, args.eval_split)
     latency = _latency(out, fusion_ckpt, args.latency_frames)
 
     label = {
@@ -239,18 +248,21 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("lidar", "lidar_same_budget", "camera", "fusion"):
         r = results[name]
         mins = minutes.get(name)
+        spent = "" if mins is None else f"{mins:.1f}"
+        if name == "fusion" and mins is not None and "lidar" in minutes:
+            spent = f"{minutes['lidar']:.1f} + {mins:.1f}"
         lines.append(
-            f"| {label[name]} | {'' if mins is None else f'{mins:.1f}'} | {_fmt(r.get('mAP'))} | {_fmt(r.get('NDS'))} | "
+            f"| {label[name]} | {spent} | {_fmt(r.get('mAP'))} | {_fmt(r.get('NDS'))} | "
             + " | ".join(_fmt(r.get(f"{c}_AP")) for c in CLASSES)
             + " |"
         )
-    lines += ["", "| cameras removed at inference | SparseFusion mAP | NDS | LiDAR-only mAP (same budget) |",
-              "|---|---:|---:|---:|"]  # fmt: skip
+    lines += ["", "| cameras removed at inference | SparseFusion mAP | NDS | LiDAR-only mAP: its stage 1 | same budget |",
+              "|---|---:|---:|---:|---:|"]  # fmt: skip
     for n, r in removed.items():
         which = ", ".join(REMOVED[n]) if 0 < n < 6 else ("none" if n == 0 else "all six")
         lines.append(
             f"| {n} ({which}) | {_fmt(r.get('mAP'))} | {_fmt(r.get('NDS'))} | "
-            f"{_fmt(results['lidar_same_budget'].get('mAP'))} |"
+            f"{_fmt(results['lidar'].get('mAP'))} | {_fmt(results['lidar_same_budget'].get('mAP'))} |"
         )
     lines += ["", "| stage (fused model, batch 1, warm) | median ms | min | max |", "|---|---:|---:|---:|"]
     for name, (med, lo, hi) in latency.items():
