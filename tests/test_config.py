@@ -368,7 +368,11 @@ def test_default_output_root_and_home(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_path_fields_are_found_by_schema() -> None:
-    assert path_field_keys(ExperimentConfig) == ["data.root", "model.fusion.image_backbone.pretrained", "output_root"]
+    assert path_field_keys(ExperimentConfig) == [
+        "data.root",
+        "model.fusion.image_backbone.pretrained",
+        "output_root",
+    ]
 
 
 # ---------------------------------------------------------------- save / reload

@@ -214,7 +214,10 @@ def test_loss_with_invalid_views_and_no_ground_truth() -> None:
     cams = _cams(valid=torch.tensor([[False, False], [True, False]]))
     empty = [torch.zeros(0, 9), torch.zeros(0, 9)]
     losses = branch.loss(branch(feats, cams), cams, empty, [torch.zeros(0, dtype=torch.int64)] * 2)
-    assert all(bool(torch.isfinite(v)) for v in losses.values()) and float(losses["loss_cam_bbox"].detach()) == 0.0
+    assert (
+        all(bool(torch.isfinite(v)) for v in losses.values())
+        and float(losses["loss_cam_bbox"].detach()) == 0.0
+    )
     losses = branch.loss(branch(feats, cams), cams, GT, LABELS)
     assert all(bool(torch.isfinite(v)) for v in losses.values())
 
