@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,6 +37,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import machine_line  # noqa: E402
+
 CONFIGS = REPO / "configs"
 LIDAR_CFG, FUSION_CFG, CAMERA_CFG = (
     CONFIGS / "fusion_tiny_lidar.yaml",
@@ -87,37 +89,6 @@ def _metrics(run_dir: Path, ckpt: Path, split: str) -> dict[str, float]:
 
 def _fmt(v: object) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.3f}"  # type: ignore[arg-type]
-
-
-def _machine() -> str:
-    import torch
-
-    flags = ""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        model = next(
-            (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), ""
-        )
-        have = set(
-            next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-        )
-        flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in have)
-    except OSError:
-        model = platform.processor()
-
-    def rate(dtype: torch.dtype) -> float:
-        a = torch.randn(1024, 1024).to(dtype)
-        torch.mm(a, a)
-        t0 = time.perf_counter()
-        for _ in range(4):
-            torch.mm(a, a)
-        return 4 * 2 * 1024**3 / (time.perf_counter() - t0) / 1e9
-
-    return (
-        f"CPU: {model} ({os.cpu_count()} cores; flags: {flags or 'none of avx2/avx512/amx'}); torch threads "
-        f"{torch.get_num_threads()}; torch.mm 1024^3: fp32 {rate(torch.float32):.0f} GFLOP/s, bf16 "
-        f"{rate(torch.bfloat16):.0f} GFLOP/s; MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}"
-    )
 
 
 def _latency(out: Path, fusion_ckpt: Path, frames: int) -> dict[str, tuple[float, float, float]]:
@@ -243,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "camera": "camera only (camera branch)",
         "fusion": "SparseFusion (stage 1 + stage 2)",
     }
-    lines = [_machine(), "", "| model | train min | mAP | NDS | " + " | ".join(CLASSES) + " |",
+    lines = [machine_line(), "", "| model | train min | mAP | NDS | " + " | ".join(CLASSES) + " |",
              "|---|---:|---:|---:|" + "---:|" * len(CLASSES)]  # fmt: skip
     for name in ("lidar", "lidar_same_budget", "camera", "fusion"):
         r = results[name]

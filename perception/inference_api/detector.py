@@ -36,7 +36,7 @@ from perception.structures import Batch, Boxes3D, Detections, Points, Sample
 
 from .columns import DEFAULT_COLUMNS, TIME_LAG, check_columns, map_columns, model_point_channels
 
-__all__ = ["Detector", "PointsLike", "Result", "Sweep", "load_detector"]
+__all__ = ["Detector", "PointsLike", "Prepared", "Result", "Sweep", "load_detector"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,27 @@ def _as_array(points: PointsLike, columns: Sequence[str] | None) -> tuple[np.nda
     return points.astype(np.float32, copy=False), check_columns(cols, points.shape[1], source), source
 
 
+@dataclass
+class Prepared:
+    """One point cloud made ready for the model (:meth:`Detector.prepare`).
+
+    Attributes:
+        batch: a batch of one sample on the detector's device.
+        sample: that sample (range-filtered points, CPU).
+        source: the file name, or ``"<array>"``.
+        columns: the input's column names.
+        dropped: NaN / inf points dropped.
+        num_sweeps: scans merged (keyframe included).
+    """
+
+    batch: Batch
+    sample: Sample
+    source: str
+    columns: tuple[str, ...]
+    dropped: int
+    num_sweeps: int
+
+
 class Detector:
     """A trained detector on a device, with the config it was trained with (made by :func:`load_detector`).
 
@@ -271,6 +292,21 @@ class Detector:
             ValueError: a wrong shape, a column count that differs from ``columns``, a channel the model reads
                 missing from the input, sweeps for a single-sweep model; FileNotFoundError: a missing file.
         """
+        prepared = self.prepare(points, columns=columns, sweeps=sweeps, token=token)
+        (det,) = self.model.predict(prepared.batch)
+        return self.result(prepared, det)
+
+    def prepare(
+        self,
+        points: PointsLike,
+        *,
+        columns: Sequence[str] | None = None,
+        sweeps: Sequence[Sweep] = (),
+        token: str | None = None,
+    ) -> Prepared:
+        """The model's input for one point cloud (what :meth:`detect` runs; arguments and errors as there): the
+        points merged and mapped to the model's channels, range-filtered, collated into a batch of one on the
+        detector's device. A deployment runtime (:mod:`perception.deploy`) starts from it too."""
         merged, cols, source, dropped, num_sweeps = self._merged(points, columns, sweeps)
         from perception.datasets.transforms import PointRangeFilter
 
@@ -285,14 +321,18 @@ class Detector:
         )
         sample = PointRangeFilter(self.config.data.grid)(sample, np.random.default_rng(0))
         batch = Batch.collate([sample]).to(self.device)
-        (det,) = self.model.predict(batch)
+        return Prepared(batch, sample, source, cols, dropped, num_sweeps)
+
+    def result(self, prepared: Prepared, det: Detections) -> Result:
+        """:class:`Result` of one prepared point cloud's detections (moved to the CPU)."""
         dets = Detections(
             Boxes3D(det.boxes.tensor.detach().float().cpu()),
             det.scores.detach().float().cpu(),
             det.labels.cpu(),
         )
-        return Result(dets, self.class_names, source, cols, self.point_channels, len(sample.points), dropped,
-                      num_sweeps, sample.points)  # fmt: skip
+        sample = prepared.sample
+        return Result(dets, self.class_names, prepared.source, prepared.columns, self.point_channels,
+                      len(sample.points), prepared.dropped, prepared.num_sweeps, sample.points)  # fmt: skip
 
 
 def _device(device: str | torch.device | None) -> torch.device:
