@@ -214,7 +214,7 @@ def test_loss_falls_when_overfitting_one_batch(cfg) -> None:  # type: ignore[no-
         loss.backward()
         opt.step()
         first = float(loss.detach()) if i == 0 else first
-        last = float(loss)
+        last = float(loss.detach())
     assert last < 0.6 * first, (first, last)
 
 
