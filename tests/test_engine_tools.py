@@ -233,3 +233,33 @@ def test_ctrl_c_in_train_py_saves_the_last_iteration_and_resumes(trained: Path) 
     again = _run("train.py", *args, "--max-iterations", str(iteration + 1), tmp=tmp)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resumed from {checkpoint}" in again.stderr
+
+
+def test_test_py_with_the_dense_part_in_onnxruntime(trained: Path) -> None:
+    """tools/export.py on the trained checkpoint, then tools/test.py --onnx: the official metrics equal torch's."""
+    from perception.engine.paths import FileIdentity, result_name
+
+    tmp = trained.parents[2]
+    ckpt = trained / "ckpt" / "checkpoint_epoch_12.pth"
+    export = tmp / "export"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "export.py"), "--ckpt", str(ckpt), "--out", str(export)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ref = _run("test.py", "--ckpt", str(ckpt), "--extra-tag", "torch_ref", tmp=tmp)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    onnx = _run("test.py", "--ckpt", str(ckpt), "--extra-tag", "onnx", "--onnx", str(export), tmp=tmp)
+    assert onnx.returncode == 0, onnx.stderr[-3000:]
+    name = result_name(FileIdentity.of(ckpt))
+    run = trained.parent
+    a = json.loads((run / "torch_ref" / "eval" / name / "val" / "metrics.json").read_text())
+    b = json.loads((run / "onnx" / "eval" / name / "val_onnx" / "metrics.json").read_text())
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if isinstance(value, float) and value == value:
+            assert abs(b[key] - value) <= 1e-3, key
+    # an export of other weights is refused, naming the mismatch
+    other = trained / "ckpt" / "checkpoint_epoch_11.pth"
+    bad = _run("test.py", "--ckpt", str(other), "--extra-tag", "onnx_bad", "--onnx", str(export), tmp=tmp)
+    assert bad.returncode == 2 and "export it again" in bad.stderr

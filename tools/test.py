@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run a trained detector on a split and score it with the official nuScenes devkit or the KITTI AP.
 
-    python tools/test.py CONFIG --ckpt PATH [--save-dets] [--extra-tag TAG] [--split val] [--set KEY=VALUE ...]
+    python tools/test.py CONFIG --ckpt PATH [--save-dets] [--extra-tag TAG] [--split val] [--onnx DIR] [--set KEY=VALUE ...]
     python tools/test.py CONFIG --eval-all CKPT_DIR          # every checkpoint in the folder not scored yet
     python tools/test.py CONFIG --eval-all [--ckpt-dir DIR]  # the same, OpenPCDet's form (default DIR: the run's ckpt/)
     python tools/test.py CONFIG --eval-all CKPT_DIR --max-waiting-mins 30   # also wait for a running training's
@@ -110,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="samples per inference step")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--amp", action="store_true", help="mixed-precision inference")
+    p.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run the dense part (BEV backbone + head) in onnxruntime from this tools/export.py folder of --ckpt; "
+        "results go to eval/<checkpoint>/<split>_onnx/",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -184,6 +192,11 @@ def _test(args: argparse.Namespace, cfg: Any) -> int:
         raise FileNotFoundError(f"--from-dets {args.from_dets}: no such file")
     if args.ckpt is not None and not args.ckpt.is_file():
         raise FileNotFoundError(f"--ckpt {args.ckpt}: no such checkpoint file")
+    if args.onnx is not None:
+        if args.ckpt is None or args.amp:
+            raise ValueError("--onnx scores one --ckpt (its tools/export.py folder), without --amp")
+        if not (args.onnx / "manifest.json").is_file():
+            raise FileNotFoundError(f"--onnx {args.onnx}: no manifest.json (write it with tools/export.py)")
     from perception.engine.distributed import cleanup_distributed, init_distributed
     from perception.engine.paths import run_dir_for
 
@@ -250,8 +263,14 @@ def _test_ranks(args: argparse.Namespace, cfg: Any, run_dir: Path, folder: Path 
         epochs = epochs if isinstance(epochs, int) else None
         out = None
         if ident is not None:  # rank 0: a folder of other content is refused before the inference
-            out = claim_result_dir(eval_root / result_name(ident) / split, ident, "checkpoint.json")
+            leaf = f"{split}_onnx" if args.onnx is not None else split
+            out = claim_result_dir(eval_root / result_name(ident) / leaf, ident, "checkpoint.json")
         model.to(info.device)
+        if args.onnx is not None:
+            from perception.deploy.dense_export import file_sha256
+            from perception.deploy.runtime import OnnxDenseModel
+
+            model = OnnxDenseModel(model, args.onnx, checkpoint_sha256=file_sha256(ckpt))
         dets = run_inference(
             model, dataset, batch_size=args.batch_size, workers=args.workers, device=info.device, amp=args.amp,
             show_progress=not args.no_progress, dist=info,

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from perception.inference_api.detector import Detector, PointsLike, Result, Sweep
+from perception.structures import Batch, Detections
 
 from .dense_export import DenseStage
 
-__all__ = ["OnnxDenseRuntime", "TimedResult"]
+__all__ = ["OnnxDenseModel", "OnnxDenseRuntime", "TimedResult"]
 
 
 @dataclass
@@ -37,38 +38,46 @@ class TimedResult:
         return sum(self.times.values())
 
 
-class OnnxDenseRuntime:
-    """Run a detector with its dense part in onnxruntime.
+class OnnxDenseModel(torch.nn.Module):
+    """A detector whose dense part runs in onnxruntime, with the detector's ``predict(batch)`` interface (what
+    :func:`perception.engine.inference.run_inference` and ``tools/test.py --onnx DIR`` call).
 
     Args:
-        detector: the loaded checkpoint (:func:`perception.load_detector`, on the CPU); its LiDAR stages up to the
-            BEV map and its head's decode run in torch.
-        export_dir: a folder :func:`~.dense_export.export_dense` wrote (``dense.onnx`` + ``manifest.json``).
+        model: the :class:`~perception.models.detector.VoxelDetector` with the checkpoint's weights (its LiDAR
+            stages up to the BEV map and its head's decode run in torch, on the CPU).
+        export_dir: a folder :func:`~.dense_export.export_dense` wrote.
         providers: onnxruntime execution providers (default: the CPU one).
+        checkpoint_sha256: when given, the manifest's must equal it (an export of these weights).
 
     Raises:
-        ValueError: the manifest's outputs or input shape differ from the detector's dense part (an export of
-            another model).
+        ValueError: the manifest describes another model or other weights.
     """
 
     def __init__(
         self,
-        detector: Detector,
+        model: torch.nn.Module,
         export_dir: str | os.PathLike[str],
         providers: Sequence[str] = ("CPUExecutionProvider",),
+        checkpoint_sha256: str | None = None,
     ) -> None:
         import onnxruntime as ort
 
-        self.detector = detector
+        super().__init__()
+        self.model = model.eval()
         folder = Path(export_dir)
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        self.stage = DenseStage(detector.model)
+        self.stage = DenseStage(model)
         names = tuple(o["name"] for o in manifest["outputs"])
         shape = tuple(manifest["inputs"][0]["shape"][1:])
         if names != self.stage.output_names or shape != self.stage.input_shape:
             raise ValueError(
                 f"{folder / 'manifest.json'} describes outputs {names} on a {shape} input, but this detector's "
                 f"dense part has {self.stage.output_names} on {self.stage.input_shape}: an export of another model"
+            )
+        if checkpoint_sha256 is not None and manifest.get("checkpoint_sha256") != checkpoint_sha256:
+            raise ValueError(
+                f"{folder / 'manifest.json'} was exported from a checkpoint with sha256 "
+                f"{manifest.get('checkpoint_sha256')}, not from this one ({checkpoint_sha256}): export it again"
             )
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
@@ -86,6 +95,47 @@ class OnnxDenseRuntime:
         arrays = self.session.run(None, {"bev": np.ascontiguousarray(bev.detach().float().cpu().numpy())})
         return [torch.from_numpy(a) for a in arrays]
 
+    def bev(self, batch: Batch) -> torch.Tensor:
+        """The torch part before the engine: voxelize, VFE, 3D backbone, BEV scatter -> ``(B, C, H, W)``."""
+        m = self.model
+        return m.to_bev(m.backbone_3d(m.voxel_features(batch)))
+
+    def decode(self, outputs: Sequence[torch.Tensor]) -> list[Detections]:
+        """The torch part after the engine: the head's decode (top-K, boxes, NMS)."""
+        return self.model.head.decode(self.stage.head_output(outputs))
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> list[Detections]:
+        """Detections per sample, as ``VoxelDetector.predict``."""
+        return self.decode(self.run_dense(self.bev(batch)))
+
+
+class OnnxDenseRuntime:
+    """Run a detector on point clouds with its dense part in onnxruntime (:class:`OnnxDenseModel`).
+
+    Args:
+        detector: the loaded checkpoint (:func:`perception.load_detector`, on the CPU).
+        export_dir: a folder :func:`~.dense_export.export_dense` wrote (``dense.onnx`` + ``manifest.json``).
+        providers: onnxruntime execution providers (default: the CPU one).
+
+    Raises:
+        ValueError: the manifest describes another model.
+    """
+
+    def __init__(
+        self,
+        detector: Detector,
+        export_dir: str | os.PathLike[str],
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ) -> None:
+        self.detector = detector
+        self.model = OnnxDenseModel(detector.model, export_dir, providers)
+        self.stage = self.model.stage
+
+    def run_dense(self, bev: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`OnnxDenseModel.run_dense`."""
+        return self.model.run_dense(bev)
+
     @torch.no_grad()
     def detect(
         self,
@@ -100,15 +150,14 @@ class OnnxDenseRuntime:
         t = time.perf_counter()
         prepared = self.detector.prepare(points, columns=columns, sweeps=sweeps, token=token)
         times["prepare"] = time.perf_counter() - t
-        model = self.detector.model
         t = time.perf_counter()
-        bev = model.to_bev(model.backbone_3d(model.voxel_features(prepared.batch)))
+        bev = self.model.bev(prepared.batch)
         times["lidar_to_bev"] = time.perf_counter() - t
         t = time.perf_counter()
         outputs = self.run_dense(bev)
         times["engine"] = time.perf_counter() - t
         t = time.perf_counter()
-        (det,) = model.head.decode(self.stage.head_output(outputs))
+        (det,) = self.model.decode(outputs)
         result = self.detector.result(prepared, det)
         times["postprocess"] = time.perf_counter() - t
         return TimedResult(result, times)
