@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_line  # noqa: E402
+from bench_common import machine_line  # noqa: E402
 
 CHECKPOINT = REPO / "checkpoints" / "demo_detector.pth"
 

@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_line  # noqa: E402
+from bench_common import machine_line, newest_checkpoint, run_logged  # noqa: E402
 
 CONFIGS = REPO / "configs"
 LIDAR_CFG, FUSION_CFG, CAMERA_CFG = (
@@ -51,31 +50,6 @@ CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BA
 REMOVED = {0: (), 1: ("CAM_FRONT",), 3: ("CAM_FRONT", "CAM_BACK_RIGHT", "CAM_BACK_LEFT"), 6: CAMERAS}
 CLASSES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
            "pedestrian", "traffic_cone")  # fmt: skip
-
-
-def _run(cmd: list[str], log: Path) -> float:
-    """Run ``cmd`` (output appended to ``log``); its wall time in seconds; raise on failure."""
-    t0 = time.perf_counter()
-    with open(log, "a", encoding="utf-8") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[1:3])} ... failed (exit {done.returncode}); see {log}")
-    return time.perf_counter() - t0
-
-
-def _last_checkpoint(run_dir: Path) -> Path:
-    from perception.engine.checkpoint import CheckpointManager
-
-    found = [
-        (k, p)
-        for p in (run_dir / "ckpt").glob("checkpoint_epoch_*.pth")
-        if (k := CheckpointManager.sort_key(p))
-    ]
-    if not found:
-        raise FileNotFoundError(f"no checkpoint in {run_dir / 'ckpt'}")
-    return max(found)[1]
 
 
 def _metrics(run_dir: Path, ckpt: Path, split: str) -> dict[str, float]:
@@ -165,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [py, "tools/train.py", str(cfg), "--no-progress", "--extra-tag", tag, *extra]
         if epochs is not None:
             cmd += ["--epochs", str(epochs)]
-        return _run([*cmd, "--set", *common], log)
+        return run_logged([*cmd, "--set", *common], log)
 
     runs = {
         "lidar": out / LIDAR_CFG.stem / "stage1",
@@ -176,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes: dict[str, float] = {}
     if not args.skip_training:
         minutes["lidar"] = train(LIDAR_CFG, "stage1", args.lidar_epochs, []) / 60
-        lidar_ckpt = _last_checkpoint(runs["lidar"])
+        lidar_ckpt = newest_checkpoint(runs["lidar"] / "ckpt")
         minutes["fusion"] = train(FUSION_CFG, "fusion", args.fusion_epochs, ["--pretrained", str(lidar_ckpt),
                                   "--pretrained-min-share", "0.05"]) / 60  # fmt: skip
         minutes["camera"] = train(CAMERA_CFG, "camera", args.camera_epochs, []) / 60
@@ -194,16 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg_of = {"lidar": LIDAR_CFG, "lidar_same_budget": LIDAR_CFG, "camera": CAMERA_CFG, "fusion": FUSION_CFG}
     results: dict[str, dict[str, float]] = {}
     for name, run_dir in runs.items():
-        ckpt = _last_checkpoint(run_dir)
-        _run([py, "tools/test.py", str(cfg_of[name]), "--ckpt", str(ckpt), "--extra-tag", run_dir.name,
+        ckpt = newest_checkpoint(run_dir / "ckpt")
+        run_logged([py, "tools/test.py", str(cfg_of[name]), "--ckpt", str(ckpt), "--extra-tag", run_dir.name,
               "--no-progress", "--split", args.eval_split, "--set", *val_set], log)  # fmt: skip
         results[name] = _metrics(run_dir, ckpt, args.eval_split)
     removed: dict[int, dict[str, float]] = {0: results["fusion"]}
-    fusion_ckpt = _last_checkpoint(runs["fusion"])
+    fusion_ckpt = newest_checkpoint(runs["fusion"] / "ckpt")
     for n in (1, 3, 6):
         tag = f"fusion_{n}_cameras_removed"
         names = "[" + ",".join(REMOVED[n]) + "]"
-        _run([py, "tools/test.py", str(FUSION_CFG), "--ckpt", str(fusion_ckpt), "--extra-tag", tag, "--no-progress",
+        run_logged([py, "tools/test.py", str(FUSION_CFG), "--ckpt", str(fusion_ckpt), "--extra-tag", tag, "--no-progress",
               "--split", args.eval_split, "--set", *val_set, f"data.images.cameras_off={names}"], log)  # fmt: skip
         removed[n] = _metrics(out / FUSION_CFG.stem / tag, fusion_ckpt, args.eval_split)
     latency = _latency(out, fusion_ckpt, args.latency_frames)

@@ -27,35 +27,16 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import newest_checkpoint, run_logged  # noqa: E402
+
 CLASSES_SHOWN = ("car", "pedestrian", "barrier", "traffic_cone", "bus", "bicycle")
-
-
-def _run(cmd: list[str], log: Path) -> float:
-    """Run ``cmd`` (output appended to ``log``) and return its wall time in seconds; raise on failure."""
-    t0 = time.perf_counter()
-    with open(log, "a", encoding="utf-8") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, check=False)
-    took = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[1:3])} ... failed (exit {done.returncode}); see {log}")
-    return took
-
-
-def _newest_checkpoint(ckpt_dir: Path) -> Path:
-    from perception.engine.checkpoint import CheckpointManager
-
-    found = [(k, p) for p in ckpt_dir.glob("checkpoint_epoch_*.pth") if (k := CheckpointManager.sort_key(p))]
-    if not found:
-        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
-    return max(found)[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is None:
         # two throw-away runs of 4 and 4 + 20 iterations: the difference cancels start-up and first-call costs
         tag = "calibrate"
-        t_short = _run([*train, "--extra-tag", tag, "--max-iterations", "4", "--set", *common], log)
+        t_short = run_logged([*train, "--extra-tag", tag, "--max-iterations", "4", "--set", *common], log)
         shutil.rmtree(out / Path(args.config).stem / tag)
-        t_long = _run([*train, "--extra-tag", tag, "--max-iterations", "24", "--set", *common], log)
+        t_long = run_logged([*train, "--extra-tag", tag, "--max-iterations", "24", "--set", *common], log)
         shutil.rmtree(out / Path(args.config).stem / tag)
         sec_per_iter = max(t_long - t_short, 1e-3) / 20
         startup = max(t_short - 4 * sec_per_iter, 0.0)
@@ -128,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if rows and trained > 0:  # shorten a chunk that would overrun the budget
             rate = trained / done
             stop = min(stop, done + max(1, int(remaining / rate)))
-        trained += _run(
+        trained += run_logged(
             [
                 *train,
                 "--extra-tag",
@@ -143,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             log,
         )
         done = stop
-        ckpt = _newest_checkpoint(run_dir / "ckpt")
-        _run(
+        ckpt = newest_checkpoint(run_dir / "ckpt")
+        run_logged(
             [py, "tools/test.py", str(args.config), "--ckpt", str(ckpt), "--extra-tag", tag, "--no-progress",
              "--set", *val_set],
             log,

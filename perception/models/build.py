@@ -85,20 +85,7 @@ def build_detector(model_cfg: ModelConfig, data: DataConfig) -> VoxelDetector:
     head = HEAD_CLASSES[head_cfg.name](
         head_cfg.settings, class_names=class_names, grid=grid, input_shape=plan.head_input
     )
-    if model_cfg.fusion is not None:
-        from .fusion.build_fusion import build_sparsefusion  # noqa: PLC0415 (the camera stack only when asked)
-
-        return build_sparsefusion(
-            model_cfg.fusion,
-            class_names=class_names,
-            voxelization=voxelization,
-            vfe=vfe,
-            backbone_3d=backbone,
-            to_bev=to_bev,
-            bev_backbone=bev_backbone,
-            head=head,
-        )
-    return VoxelDetector(
+    stages = dict(
         voxelization=voxelization,
         vfe=vfe,
         backbone_3d=backbone,
@@ -106,6 +93,11 @@ def build_detector(model_cfg: ModelConfig, data: DataConfig) -> VoxelDetector:
         bev_backbone=bev_backbone,
         head=head,
     )
+    if model_cfg.fusion is not None:
+        from .fusion.build_fusion import build_sparsefusion  # noqa: PLC0415 (the camera stack only when asked)
+
+        return build_sparsefusion(model_cfg.fusion, class_names=class_names, **stages)
+    return VoxelDetector(**stages)
 
 
 __all__ = [
