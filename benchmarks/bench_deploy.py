@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import perception
     from perception.deploy.dense_export import DenseStage, export_dense
-    from perception.deploy.runtime import OnnxDenseRuntime
+    from perception.deploy.runtime import OnnxRuntime
     from perception.engine.malloc import keep_freed_memory
 
     keep_freed_memory()
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted((data / "samples" / "LIDAR_TOP").glob("*.pcd.bin"))[: args.frames + 2]
     detector = perception.load_detector(CHECKPOINT, device="cpu")
     export_dense(detector.model, out / "export", config=detector.config, checkpoint=CHECKPOINT, max_batch=1)
-    runtime = OnnxDenseRuntime(detector, out / "export")
+    runtime = OnnxRuntime(detector, out / "export")
     stage = DenseStage(detector.model).eval()
     model = detector.model
 

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import perception
-from perception.deploy.dense_export import TENSORRT_OPS, DenseStage, export_dense, file_sha256
-from perception.deploy.runtime import OnnxDenseRuntime
+from perception.deploy.dense_export import DenseStage, export_dense
+from perception.deploy.manifest import TENSORRT_OPS, file_sha256
+from perception.deploy.runtime import OnnxRuntime
 
 pytest.importorskip("onnxruntime")
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +101,7 @@ def test_dynamic_batch(detector: perception.Detector, exported: Path, scans: lis
 
 
 def test_runtime_equals_detect(detector: perception.Detector, exported: Path, scans: list[Path]) -> None:
-    runtime = OnnxDenseRuntime(detector, exported)
+    runtime = OnnxRuntime(detector, exported)
     for path in scans[:2]:
         timed = runtime.detect(path)
         ref = detector.detect(path)
@@ -111,7 +112,7 @@ def test_runtime_equals_detect(detector: perception.Detector, exported: Path, sc
         assert timed.result.names == ref.names and timed.result.num_points == ref.num_points
         np.testing.assert_allclose(timed.result.boxes, ref.boxes, atol=1e-4)
     with pytest.raises(ValueError, match="max_batch 3"):
-        runtime.run_dense(torch.zeros(4, *runtime.stage.input_shape))
+        runtime.model.run_dense(torch.zeros(4, *runtime.stage.input_shape))
 
 
 def test_manifest(detector: perception.Detector, exported: Path) -> None:
@@ -136,7 +137,7 @@ def test_manifest_of_another_model_is_refused(
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     (tmp_path / "dense.onnx").symlink_to(exported / "dense.onnx")
     with pytest.raises(ValueError, match="another model"):
-        OnnxDenseRuntime(detector, tmp_path)
+        OnnxRuntime(detector, tmp_path)
 
 
 def test_transfusion_head_exports(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ Writes ``DIR/dense.onnx`` (input ``bev`` ``(batch, C, H, W)``, outputs the head'
 ``--max-batch``) and ``DIR/manifest.json`` (inputs / outputs with shapes and dtypes, dynamic axes, operators,
 checkpoint and config hashes, the decode settings, the ``trtexec`` command that builds a TensorRT engine). What
 stays outside the graph (voxelization, VFE, 3D backbone, BEV scatter, decoding, NMS) is listed in the manifest;
-``perception.deploy.runtime.OnnxDenseRuntime`` runs a frame through all of it with onnxruntime and times each
+``perception.deploy.runtime.OnnxRuntime`` runs a frame through all of it with onnxruntime and times each
 stage. The checkpoint's own config describes the model unless ``--config`` is given.
 """
 

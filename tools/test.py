@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run a trained detector on a split and score it with the official nuScenes devkit or the KITTI AP.
 
-    python tools/test.py CONFIG --ckpt PATH [--save-dets] [--extra-tag TAG] [--split val] [--onnx DIR] [--set KEY=VALUE ...]
+    python tools/test.py CONFIG --ckpt PATH [--save-dets] [--extra-tag TAG] [--split val] [--onnx DIR [--precision fp32|fp16|int8]] [--set KEY=VALUE ...]
     python tools/test.py CONFIG --eval-all CKPT_DIR          # every checkpoint in the folder not scored yet
     python tools/test.py CONFIG --eval-all [--ckpt-dir DIR]  # the same, OpenPCDet's form (default DIR: the run's ckpt/)
     python tools/test.py CONFIG --eval-all CKPT_DIR --max-waiting-mins 30   # also wait for a running training's
@@ -115,8 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="run the dense part (BEV backbone + head) in onnxruntime from this tools/export.py folder of --ckpt; "
-        "results go to eval/<checkpoint>/<split>_onnx/",
+        help="run the exported graph (the DSVT network after the VFE, or the dense part of other detectors) in "
+        "onnxruntime from this tools/export.py folder of --ckpt; results go to eval/<checkpoint>/<split>_onnx/ "
+        "(_onnx_int8/, _onnx_fp16/ for --precision)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="with --onnx: which of the export's files runs (default fp32)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -263,14 +270,15 @@ def _test_ranks(args: argparse.Namespace, cfg: Any, run_dir: Path, folder: Path 
         epochs = epochs if isinstance(epochs, int) else None
         out = None
         if ident is not None:  # rank 0: a folder of other content is refused before the inference
-            leaf = f"{split}_onnx" if args.onnx is not None else split
+            suffix = "" if args.precision == "fp32" else f"_{args.precision}"
+            leaf = f"{split}_onnx{suffix}" if args.onnx is not None else split
             out = claim_result_dir(eval_root / result_name(ident) / leaf, ident, "checkpoint.json")
         model.to(info.device)
         if args.onnx is not None:
-            from perception.deploy.dense_export import file_sha256
-            from perception.deploy.runtime import OnnxDenseModel
+            from perception.deploy.manifest import file_sha256
+            from perception.deploy.runtime import OnnxModel
 
-            model = OnnxDenseModel(model, args.onnx, checkpoint_sha256=file_sha256(ckpt))
+            model = OnnxModel(model, args.onnx, checkpoint_sha256=file_sha256(ckpt), precision=args.precision)
         dets = run_inference(
             model, dataset, batch_size=args.batch_size, workers=args.workers, device=info.device, amp=args.amp,
             show_progress=not args.no_progress, dist=info,

@@ -16,50 +16,26 @@ operators are checked against :data:`TENSORRT_OPS`, a subset of those the Tensor
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = [
-    "DenseExport",
-    "DenseStage",
-    "TENSORRT_OPS",
-    "TensorSpec",
-    "export_dense",
-    "file_sha256",
-]
+from .manifest import (
+    OPSET,
+    ExportManifest,
+    TensorSpec,
+    check_operators,
+    config_sha256,
+    decode_settings,
+    file_sha256,
+)
+from .profiles import ShapeProfile
 
-TENSORRT_OPS = frozenset(
-    {
-        "Abs", "Add", "And", "ArgMax", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat",
-        "Constant", "Conv", "ConvTranspose", "Cos", "Div", "Einsum", "Equal", "Erf", "Exp", "Expand", "Flatten",
-        "Floor", "Gather", "GatherElements", "GatherND", "Gemm", "Greater", "Identity", "LayerNormalization",
-        "Less", "Log", "MatMul", "Max", "MaxPool", "Min", "Mod", "Mul", "Neg", "Not", "Or", "Pad", "Pow",
-        "ReduceMax", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Resize", "ScatterND", "Shape", "Sigmoid", "Sin",
-        "Slice", "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "TopK", "Transpose", "Unsqueeze",
-        "Where",
-    }
-)  # fmt: skip
-"""ONNX operators the TensorRT 10 parser supports that this project's graphs may use (``Unique``, ``NonZero`` and
-sequence ops are deliberately absent: TensorRT rejects or cannot build them with dynamic shapes)."""
-
-OPSET = 18
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input / output: ``name``, ``shape`` (``"batch"`` for the dynamic axis), ``dtype`` (numpy name)."""
-
-    name: str
-    shape: tuple[int | str, ...]
-    dtype: str
+__all__ = ["DenseStage", "export_dense"]
 
 
 def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
@@ -135,62 +111,8 @@ class DenseStage(nn.Module):
         return _rebuild(self._template, dict(zip(self.output_names, tensors, strict=True)))
 
 
-@dataclass(frozen=True)
-class DenseExport:
-    """What :func:`export_dense` wrote (also saved as ``manifest.json`` beside the ONNX file).
-
-    Attributes:
-        onnx: the ONNX file.
-        part: what the graph holds (``"bev_backbone + head"``).
-        outside: the steps that run outside the graph, in order.
-        inputs / outputs: the graph's tensors.
-        dynamic_axes: per tensor name, its dynamic axes (``{0: "batch"}``; none for ``max_batch`` 1, a static
-            graph).
-        max_batch: the largest batch the export was declared for.
-        opset: ONNX opset.
-        operators: the graph's operator types (all in :data:`TENSORRT_OPS`).
-        checkpoint_sha256 / config_sha256: of the checkpoint file and of the model's resolved config (JSON).
-        decode: the head's decode settings (score threshold, NMS, ...), as the runtime applies them.
-        trtexec: the command that builds a TensorRT engine from the file (not run here).
-    """
-
-    onnx: Path
-    part: str
-    outside: tuple[str, ...]
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    dynamic_axes: dict[str, dict[int, str]]
-    max_batch: int
-    opset: int
-    operators: tuple[str, ...]
-    checkpoint_sha256: str | None
-    config_sha256: str
-    decode: dict[str, Any]
-    trtexec: str
-
-    def to_json(self) -> str:
-        data = dataclasses.asdict(self)
-        data["onnx"] = self.onnx.name
-        return json.dumps(data, indent=1, default=str)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _trtexec(onnx: Path, spec: TensorSpec, max_batch: int) -> str:
-    dims = "x".join(str(d) for d in spec.shape[1:])
-    if max_batch == 1:  # a static graph: no shape profile
-        return f"trtexec --onnx={onnx.name} --saveEngine={onnx.with_suffix('.plan').name}"
-    shapes = {k: f"{spec.name}:{b}x{dims}" for k, b in (("min", 1), ("opt", 1), ("max", max_batch))}
-    return (
-        f"trtexec --onnx={onnx.name} --saveEngine={onnx.with_suffix('.plan').name} "
-        f"--minShapes={shapes['min']} --optShapes={shapes['opt']} --maxShapes={shapes['max']}"
-    )
+def _batch_profile(max_batch: int) -> tuple[ShapeProfile, ...]:
+    return (ShapeProfile({"batch": (1, 1, max_batch)}),) if max_batch > 1 else ()
 
 
 def export_dense(
@@ -200,7 +122,7 @@ def export_dense(
     config: Any,
     checkpoint: str | os.PathLike[str] | None = None,
     max_batch: int = 4,
-) -> DenseExport:
+) -> ExportManifest:
     """Export ``model``'s dense part (module docstring) to ``out_dir/dense.onnx`` + ``manifest.json``.
 
     Args:
@@ -213,8 +135,6 @@ def export_dense(
     Raises:
         ValueError: ``max_batch < 1``, or an operator outside :data:`TENSORRT_OPS` in the graph.
     """
-    import onnx
-
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     out = Path(out_dir)
@@ -243,20 +163,18 @@ def export_dense(
             outputs = stage(example)
     finally:
         model.train(was_training)
-    graph = onnx.load(str(path))
-    operators = tuple(sorted({n.op_type for n in graph.graph.node}))
-    unsupported = sorted(set(operators) - TENSORRT_OPS)
-    if unsupported:
-        raise ValueError(f"the exported graph uses operators TensorRT cannot parse: {unsupported} ({path})")
+    operators = check_operators(path)
     axis: int | str = "batch" if max_batch > 1 else 1
     inputs = (TensorSpec("bev", (axis, *stage.input_shape), "float32"),)
     outs = tuple(
         TensorSpec(name, (axis, *t.shape[1:]), str(t.dtype).removeprefix("torch."))
         for name, t in zip(stage.output_names, outputs, strict=True)
     )
-    decode = getattr(getattr(model.head, "config", None), "decode", None)
-    manifest = DenseExport(
+    profiles = _batch_profile(max_batch)
+    flags = f" {profiles[0].trtexec_flags(inputs)}" if profiles else ""
+    manifest = ExportManifest(
         onnx=path,
+        kind="dense",
         part="bev_backbone + head",
         outside=("voxelize", "vfe", "backbone_3d", "to_bev (BEV scatter)", "decode", "nms"),
         inputs=inputs,
@@ -266,9 +184,11 @@ def export_dense(
         opset=OPSET,
         operators=operators,
         checkpoint_sha256=file_sha256(checkpoint) if checkpoint is not None else None,
-        config_sha256=hashlib.sha256(config.model_dump_json().encode()).hexdigest(),
-        decode=decode.model_dump(mode="json") if decode is not None else {},
-        trtexec=_trtexec(path, inputs[0], max_batch),
+        config_sha256=config_sha256(config),
+        decode=decode_settings(model.head),
+        profiles=profiles,
+        trtexec=f"trtexec --onnx={path.name} --saveEngine={path.with_suffix('.plan').name}{flags}",
+        variants={"fp32": path.name},
     )
-    (out / "manifest.json").write_text(manifest.to_json() + "\n", encoding="utf-8")
+    manifest.write(out)
     return manifest

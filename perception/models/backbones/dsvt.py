@@ -20,12 +20,13 @@ import torch
 from torch import nn
 
 from perception._validate import check_tensor
+from perception.ops.pool_windows import PoolWindows
 from perception.shapes import SparseShape
 from perception.structures import SparseFeatures
 
-from .dsvt_blocks import AttentionPooling, DSVTBlock
+from .dsvt_blocks import AttentionPooling, DSVTBlock, PoolSlots
 from .dsvt_config import DSVTConfig
-from .dsvt_input import DSVTInputLayer, StageGeometry
+from .dsvt_input import DSVTInputLayer, PosEmbedding, SetIndex, StageGeometry
 
 
 class DSVTBackbone(nn.Module):
@@ -136,17 +137,42 @@ class DSVTBackbone(nn.Module):
             self._check_input(sparse)
             if len(geometry) != len(self.stages) or geometry[0].num_voxels != sparse.num_voxels:
                 raise ValueError("geometry does not belong to this input (stage count or voxel count differ)")
-        pos = self.input_layer.pos_tables(geometry)
-        x = sparse.features
-        for s, (geo, blocks) in enumerate(zip(geometry, self.stages, strict=True)):
+        x = self.encode(
+            sparse.features,
+            [geo.sets for geo in geometry],
+            self.input_layer.pos_tables(geometry),
+            [geo.pool for geo in geometry],
+        )
+        last = geometry[-1]
+        return SparseFeatures(x, last.coords.to(torch.int32), last.sparse_shape, sparse.batch_size)
+
+    def encode(
+        self,
+        x: torch.Tensor,
+        sets: Sequence[tuple[SetIndex, SetIndex]],
+        pos: Sequence[Sequence[tuple[PosEmbedding, PosEmbedding]]],
+        pools: Sequence[PoolWindows | PoolSlots | None],
+    ) -> torch.Tensor:
+        """The learned part of :meth:`forward` on features alone (what an exported graph runs).
+
+        Args:
+            x: float ``(M_0, C_in)`` input voxel features.
+            sets: ``[stage]`` the set indices of both window configurations (:attr:`StageGeometry.sets`).
+            pos: ``[stage][block]`` positional embeddings (:meth:`DSVTInputLayer.pos_tables`).
+            pools: ``[stage]`` pooling windows to the next stage (``None`` for the last).
+
+        Returns:
+            float ``(M_last, C_out)``, rows in the last stage's voxel order.
+        """
+        for s, blocks in enumerate(self.stages):
             block: DSVTBlock
             for b, block in enumerate(blocks):  # type: ignore[arg-type]
                 cfg = self.input_layer.block_configs[s][b]
-                x = block(x, geo.sets[cfg], pos[s][b])
-            if geo.pool is not None:
-                x = self.poolings[s](x, geo.pool)
-        last = geometry[-1]
-        return SparseFeatures(x, last.coords.to(torch.int32), last.sparse_shape, sparse.batch_size)
+                x = block(x, sets[s][cfg], pos[s][b])
+            pool = pools[s]
+            if pool is not None:
+                x = self.poolings[s](x, pool)
+        return x
 
 
 def build_dsvt(cfg: DSVTConfig, *, input_shape: SparseShape) -> DSVTBackbone:

@@ -13,6 +13,7 @@ arithmetic, results equal to float32 rounding).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -127,9 +128,10 @@ class SetAttentionLayer(nn.Module):
 
         Returns:
             float ``(M, C)``. In eval mode without autograd on the CPU this runs chunk by chunk of sets
-            (:func:`.dsvt_chunked.set_attention_chunked`); otherwise all sets at once through :meth:`attention`.
+            (:func:`.dsvt_chunked.set_attention_chunked`); otherwise (or for set indices without a read-back
+            order, :meth:`SetIndex.from_graph`) all sets at once through :meth:`attention`.
         """
-        if chunked_inference_applies(self, x):
+        if sets.read_slot is not None and chunked_inference_applies(self, x):
             return set_attention_chunked(self, x, pos, sets, order)
         y = self.norm_attn(x + self.attention(x, pos.dense(), *sets.order(order)))
         ffn = self.linear2(_ACTIVATIONS[self.activation](self.linear1(y)))
@@ -184,6 +186,27 @@ class DSVTBlock(nn.Module):
         return self.norm_out(y + x)
 
 
+@dataclass(frozen=True)
+class PoolSlots:
+    """The part of :class:`~perception.ops.pool_windows.PoolWindows` that :class:`AttentionPooling` reads, as an
+    exported graph receives it.
+
+    Attributes:
+        pooled_index: int64 ``(M,)`` pooled voxel of each input voxel.
+        slot: int64 ``(M,)`` slot of each input voxel in its pooled voxel's region.
+        mask: bool ``(P, V)`` True for empty slots.
+    """
+
+    pooled_index: torch.Tensor
+    slot: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def pool_volume(self) -> int:
+        """Slots per region ``V``."""
+        return int(self.mask.shape[1])
+
+
 class AttentionPooling(nn.Module):
     """Attention-style 3D pooling between DSVT stages.
 
@@ -214,11 +237,11 @@ class AttentionPooling(nn.Module):
         nn.init.normal_(self.slot_embed, std=0.01)
         _init_attention(self.in_proj, self.out_proj)
 
-    def forward(self, x: torch.Tensor, pool: PoolWindows) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pool: PoolWindows | PoolSlots) -> torch.Tensor:
         """Pool ``x`` float ``(M, C)`` over ``pool`` (``M`` input voxels, ``P`` regions); returns ``(P, C)``."""
         if pool.pool_volume != self.pool_volume:
             raise ValueError(f"pool has {pool.pool_volume} slots per region, this layer {self.pool_volume}")
-        c, n = self.d_model, pool.num_pooled
+        c, n = self.d_model, pool.mask.shape[0]  # a size, not an int: stays symbolic in an exported graph
         flat = pool.pooled_index * self.pool_volume + pool.slot
         buf = x.new_zeros((n * self.pool_volume, c)).index_copy(0, flat, x).view(n, self.pool_volume, c)
         empty = pool.mask[..., None]
@@ -241,4 +264,4 @@ class AttentionPooling(nn.Module):
         return self.norm(out + query)
 
 
-__all__ = ["AttentionPooling", "DSVTBlock", "SetAttentionLayer"]
+__all__ = ["AttentionPooling", "DSVTBlock", "PoolSlots", "SetAttentionLayer"]

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from perception.models.cpu_linear import exporting
 from perception.ops.pool_windows import PoolWindows, pool_windows
 from perception.ops.set_partition import SetPartition, set_partition, stage_window_configs
 
@@ -51,22 +52,42 @@ class SetIndex:
             attention mask that broadcasts over heads and queries; ``None`` when every slot takes part.
         first_slot: int64 ``(2, M)`` flat slot ``set * K + position`` of each voxel's first copy.
         read_slot: int64 ``(2, M)`` the first-copy slots in ascending order (``first_slot`` sorted), so the
-            voxels read back from a range of sets are a contiguous range of it.
-        read_voxel: int64 ``(2, M)`` voxel of each ``read_slot`` (``first_slot[read_voxel] == read_slot``).
+            voxels read back from a range of sets are a contiguous range of it; ``None`` in an exported graph
+            (:meth:`from_graph`), which never reads back chunk by chunk.
+        read_voxel: int64 ``(2, M)`` voxel of each ``read_slot`` (``first_slot[read_voxel] == read_slot``), or
+            ``None`` with ``read_slot``.
     """
 
     voxel_index: torch.Tensor
     keep: torch.Tensor | None
     first_slot: torch.Tensor
-    read_slot: torch.Tensor
-    read_voxel: torch.Tensor
+    read_slot: torch.Tensor | None = None
+    read_voxel: torch.Tensor | None = None
+
+    @staticmethod
+    def slots(set_size: int, *, cuda: bool) -> int:
+        """``K``, the slots per set for sets of ``set_size`` (padded on the CPU, see the class docstring)."""
+        padded = -(-set_size // 32) * 32
+        return padded if not cuda and 8 * (padded - set_size) <= set_size else set_size
+
+    @classmethod
+    def from_graph(cls, voxel_index: torch.Tensor, keep: torch.Tensor, first_slot: torch.Tensor) -> SetIndex:
+        """The indices an exported graph receives: ``voxel_index`` int64 ``(2, S, K)``, ``keep`` bool
+        ``(2, S, K)`` (every slot listed; all True where nothing is masked), ``first_slot`` int64 ``(2, M)``."""
+        return cls(voxel_index, keep[:, :, None, None, :], first_slot)
+
+    def graph_keep(self) -> torch.Tensor:
+        """bool ``(2, S, K)``: :attr:`keep` as an exported graph takes it (all True when ``keep`` is ``None``)."""
+        if self.keep is None:
+            return torch.ones(self.voxel_index.shape, dtype=torch.bool, device=self.voxel_index.device)
+        return self.keep[:, :, 0, 0, :]
 
     @classmethod
     def from_partition(cls, partition: SetPartition, num_voxels: int) -> SetIndex:
         index, mask = partition.voxel_index, partition.mask
         k = partition.set_size
-        padded = -(-k // 32) * 32
-        if not index.is_cuda and padded > k and 8 * (padded - k) <= k:
+        padded = cls.slots(k, cuda=index.is_cuda)
+        if padded > k:
             extra = padded - k
             index = torch.cat((index, index[..., :1].expand(*index.shape[:2], extra)), dim=-1)
             mask = torch.cat((mask, mask.new_ones((*mask.shape[:2], extra))), dim=-1)
@@ -91,6 +112,8 @@ class SetIndex:
 
     def reads(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(read_slot (M,), read_voxel (M,))`` of order ``i``."""
+        if self.read_slot is None or self.read_voxel is None:
+            raise ValueError("these set indices have no read-back order (SetIndex.from_graph)")
         return self.read_slot[i], self.read_voxel[i]
 
 
@@ -298,18 +321,23 @@ class DSVTInputLayer(nn.Module):
         return torch.stack(cols, dim=-1)
 
     def _locations(
-        self, geo: StageGeometry, config: int, stage: int
+        self, cin: torch.Tensor, window: Int3, stage: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Centred locations to embed and, at inference, the gather index from window positions to voxels.
 
+        Args:
+            cin: int ``(M, 3)`` ``[z, y, x]`` in-window coordinates of the stage's voxels for one window
+                configuration (:attr:`~perception.ops.set_partition.WindowPartition.coords_in_window`).
+            window: that configuration's window ``(wz, wy, wx)``.
+            stage: the stage index.
+
         Returns ``(loc, None)`` with ``loc`` ``(M, d)`` (training, or fewer voxels than window positions), or
         ``(table, key)`` with the ``(V, d)`` locations of all ``V = wz * wy * wx`` positions of a window and the
-        int64 ``(M,)`` position of each voxel (the MLP is row-wise, so at inference it runs once per position).
+        int64 ``(M,)`` position of each voxel (the MLP is row-wise, so at inference it runs once per position;
+        an exported graph always takes this form, whatever ``M``).
         """
-        windows = geo.partitions[config].windows
-        cin, window = windows.coords_in_window, windows.window_shape
         volume = window[0] * window[1] * window[2]
-        if self.training or cin.shape[0] <= volume:
+        if self.training or (not exporting() and cin.shape[0] <= volume):
             return self._centred(cin, window, stage), None
         c = cin.to(torch.long)
         key = (c[:, 0] * window[1] + c[:, 1]) * window[2] + c[:, 2]
@@ -317,18 +345,50 @@ class DSVTInputLayer(nn.Module):
         table = torch.stack((z, y, x), dim=-1).reshape(volume, 3)
         return self._centred(table, window, stage), key
 
+    def window_shapes(self, stage: int) -> tuple[Int3, Int3]:
+        """The window ``(wz, wy, wx)`` of stage ``stage``'s two configurations (base, hybrid-shifted)."""
+        st = self.stage_configs[stage]
+        configs = stage_window_configs(st.window_shape, st.hybrid_factor, st.shift, st.base_shift)
+        return configs[0].window_shape, configs[1].window_shape
+
+    def embedded_configs(self, stage: int) -> tuple[int, ...]:
+        """The window configurations whose in-window coordinates stage ``stage``'s embeddings read."""
+        if self.authors_pos_embed:
+            return (0, 1)
+        return tuple(sorted(set(self.block_configs[stage])))
+
     def pos_tables(self, geometry: Sequence[StageGeometry]) -> list[list[tuple[PosEmbedding, PosEmbedding]]]:
         """Positional embeddings ``[stage][block] -> (layer 0, layer 1)`` as tables (:class:`PosEmbedding`)."""
+        return self.pos_tables_from(
+            [tuple(p.windows.coords_in_window for p in geo.partitions) for geo in geometry]
+        )
+
+    def pos_tables_from(
+        self, coords_in_window: Sequence[Sequence[torch.Tensor | None]]
+    ) -> list[list[tuple[PosEmbedding, PosEmbedding]]]:
+        """:meth:`pos_tables` from the in-window coordinates alone.
+
+        Args:
+            coords_in_window: ``[stage][config]`` int ``(M_stage, 3)`` ``[z, y, x]``; an entry may be ``None``
+                where :meth:`embedded_configs` does not list the configuration.
+        """
         out: list[list[tuple[PosEmbedding, PosEmbedding]]] = []
-        for s, geo in enumerate(geometry):
-            locs = [self._locations(geo, config, s) for config in range(2)]
+        for s, cins in enumerate(coords_in_window):
+            shapes = self.window_shapes(s)
+            locs = [
+                None if cin is None else self._locations(cin, shapes[config], s)
+                for config, cin in enumerate(cins)
+            ]
             stage_out = []
             block_mlps: nn.ModuleList
             for b, block_mlps in enumerate(self.pos_embeds[s]):  # type: ignore[arg-type]
                 cfg = self.block_configs[s][b]
                 pair = []
                 for i in range(2):
-                    loc, key = locs[i if self.authors_pos_embed else cfg]
+                    entry = locs[i if self.authors_pos_embed else cfg]
+                    if entry is None:
+                        raise ValueError(f"stage {s} needs the in-window coordinates of configuration {cfg}")
+                    loc, key = entry
                     pair.append(PosEmbedding(block_mlps[i](loc), key))
                 stage_out.append((pair[0], pair[1]))
             out.append(stage_out)
