@@ -123,6 +123,8 @@ def test_manifest(detector: perception.Detector, demo_export) -> None:
     lo = min(s["voxels0"] for s in sizes)
     assert full.dims["voxels0"][0] == lo and f"--minShapes=voxel_features:{lo}x32" in m["trtexec"]
     assert m["profiles"][0]["dims"]["sets0_1"] == list(full.dims["sets0_1"])
+    with pytest.raises(ValueError, match="has no 'int8' file"):
+        OnnxModel(detector.model, folder, precision="int8")
 
 
 def test_runtime_equals_detect(detector: perception.Detector, demo_export, scans: list[Path]) -> None:
@@ -238,3 +240,42 @@ def test_not_a_dsvt_detector() -> None:
     cfg = load_config(REPO / "configs" / "tiny_centerpoint_spconv.yaml")
     with pytest.raises(TypeError, match="dense part"):
         DSVTGraph(build_detector(cfg.model, cfg.data))
+
+
+def test_export_tool_with_fp16_and_int8(detector: perception.Detector, tmp_path: Path) -> None:
+    """tools/export.py on the demo checkpoint with its config's (generated) data: the fp32 graph, an fp16 file
+    (float32 I/O) close to it, and an INT8 Q/DQ file (head kept float) whose strongest detections match fp32's."""
+    out = tmp_path / "export"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "export.py"), str(REPO / "configs" / "demo_detector.yaml"), "--ckpt",
+         str(CHECKPOINT), "--out", str(out), "--int8", "--fp16", "--frames", "3", "--calib-samples", "3", "--set",
+         f"data.root={tmp_path / 'data'}", "synthetic.scenes=3", "synthetic.samples=2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["variants"] == {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+    q = m["quantization"]["int8"]
+    assert q["calibration_frames"] == 3 and q["quantize_nodes"] > 0 and q["kept_float"] > 0
+    assert q["spec"]["keep_float_scopes"] == ["dense.head", "head"]
+    import onnx
+
+    int8_ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= int8_ops <= TENSORRT_OPS
+    half = onnx.load(str(out / "model.fp16.onnx"))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in half.graph.initializer)
+    assert all(i.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16 for i in half.graph.input)
+
+    scan = sorted((tmp_path / "data" / "samples" / "LIDAR_TOP").glob("*.pcd.bin"))[0]
+    batch = detector.prepare(scan).batch
+    models = {p: OnnxModel(detector.model, out, precision=p) for p in ("fp32", "fp16", "int8")}
+    outs = {p: mdl.run_frames(batch)[0] for p, mdl in models.items()}
+    assert max(float((a - r).abs().max()) for a, r in zip(outs["fp16"], outs["fp32"], strict=True)) <= 0.05
+    (ref,) = models["fp32"].decode(outs["fp32"])
+    (got,) = models["int8"].decode(outs["int8"])
+    top = ref.select(torch.arange(min(5, len(ref))))
+    assert len(top) == 5
+    for box, label, score in zip(top.boxes.tensor, top.labels, top.scores, strict=True):
+        near = (got.boxes.tensor[:, :2] - box[:2]).norm(dim=1) < 0.5
+        same = near & (got.labels == label)
+        assert bool(same.any()) and float((got.scores[same] - score).abs().min()) < 0.1
