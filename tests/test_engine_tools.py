@@ -235,7 +235,7 @@ def test_ctrl_c_in_train_py_saves_the_last_iteration_and_resumes(trained: Path) 
     assert f"resumed from {checkpoint}" in again.stderr
 
 
-def test_test_py_with_the_dense_part_in_onnxruntime(trained: Path) -> None:
+def test_test_py_with_the_exported_dense_part_in_onnxruntime(trained: Path) -> None:
     """tools/export.py on the trained checkpoint, then tools/test.py --onnx: the official metrics equal torch's."""
     from perception.engine.paths import FileIdentity, result_name
 

@@ -55,8 +55,12 @@ def main(argv: list[str] | None = None) -> int:
 
     detector = perception.load_detector(args.ckpt, device="cpu", config=config, overrides=args.set)
     try:
+        from perception.models.backbones.dsvt import DSVTBackbone
+
+        # frames: a DSVT graph's example input and profiles; INT8 calibration
+        needed = isinstance(detector.model.backbone_3d, DSVTBackbone) or args.int8
         count = max(args.frames, args.calib_samples if args.int8 else 1)
-        batches = dataset_batches(detector.config, args.split, count)
+        batches = dataset_batches(detector.config, args.split, count) if needed else []
         manifest = export_detector(
             detector.model, args.out, config=detector.config, batches=batches, checkpoint=args.ckpt,
             max_batch=args.max_batch, buckets=args.buckets, margin=args.margin, fp16=args.fp16, int8=args.int8,
