@@ -27,7 +27,9 @@ def machine_line() -> str:
         have = set(
             next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
         )
-        flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in have)
+        flags = " ".join(
+            f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8") if f in have
+        )
     except OSError:
         model = platform.processor()
 

@@ -4,12 +4,13 @@ What is in the graph: ``bev_backbone -> head`` of a :class:`~perception.models.d
 modules that train (no export flag in their ``forward``): input ``bev`` float32 ``(batch, C, H, W)`` (the BEV map
 ``to_bev`` makes), outputs the head's tensors flattened in a fixed order and named by their place in the head's
 output structure (``tasks0.heatmap``, ``tasks0.offset``, ... for CenterPoint; ``query_scores``, ``box_codes``, ...
-for TransFusion). The batch axis is dynamic. Voxelization, the VFE, the 3D backbone and the BEV scatter stay in
-PyTorch for now (data-dependent shapes; the DSVT export with set indices as inputs is not built yet), and so do
-box decoding and NMS (:mod:`.runtime` runs them).
+for TransFusion). The batch axis is dynamic. This is the export of spconv detectors (sparse convolution has no
+ONNX form the TensorRT parser builds without plugins): voxelization, the VFE, the sparse 3D backbone and the BEV
+scatter stay in PyTorch, and so do box decoding and NMS (:mod:`.runtime` runs them). DSVT detectors export
+whole (:mod:`.dsvt_export`), with this part inside their graph.
 
 The exporter is torch's default ``torch.onnx.export(..., dynamo=True)`` with ``dynamic_shapes``; the graph's
-operators are checked against :data:`TENSORRT_OPS`, a subset of those the TensorRT 10 ONNX parser supports
+operators are checked against :data:`~.manifest.TENSORRT_OPS`, a subset of those the TensorRT 10 ONNX parser supports
 (onnx-tensorrt's ``docs/operators.md``), and an operator outside it is an error naming it.
 """
 
