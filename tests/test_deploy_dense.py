@@ -187,14 +187,3 @@ def test_transfusion_head_exports(tmp_path: Path) -> None:
             assert len(a) == len(c)
             oa, oc = torch.argsort(a.boxes.tensor[:, 0]), torch.argsort(c.boxes.tensor[:, 0])
             torch.testing.assert_close(c.boxes.tensor[oc], a.boxes.tensor[oa], atol=1e-4, rtol=0)
-
-
-@pytest.mark.slow
-def test_export_tool(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "export.py"), "--ckpt", str(CHECKPOINT), "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "dense.onnx").is_file() and (tmp_path / "manifest.json").is_file()
-    assert "trtexec --onnx=dense.onnx" in done.stdout and "outside the graph: voxelize" in done.stdout
