@@ -236,6 +236,7 @@ def detect_and_score(
     from perception.engine.checkpoint import load_model_weights
     from perception.engine.data import build_dataset, eval_set_name, prepare_data
     from perception.engine.inference import run_inference
+    from perception.engine.precision import resolve_precision
     from perception.evaluation.nuscenes import (
         detections_to_nusc_results,
         evaluate_nuscenes,
@@ -256,7 +257,7 @@ def detect_and_score(
     dataset = build_dataset(cfg, "val", "val")
     model = build_detector(cfg.model, cfg.data)
     load_model_weights(model, checkpoint, strict=True).check_class_names(cfg.data.class_names)
-    dets = run_inference(model, dataset, show_progress=False)
+    dets = run_inference(model, dataset, precision=resolve_precision("auto", "cpu"), show_progress=False)
     t1 = time.perf_counter()
     nusc = NuScenes(version=cfg.data.version, dataroot=str(data_root), verbose=False)
     eval_set = eval_set_name(cfg, "val")

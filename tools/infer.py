@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", help="the input's column names, comma separated (default: the file format's)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda where available, else cpu)")
     p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 autocast on a CPU with AMX bf16, else fp32 (the choice is logged)",
+    )
+    p.add_argument(
         "--score-thr", type=float, default=0.3, help="keep detections scoring at least (default 0.3)"
     )
     p.add_argument("--no-pictures", action="store_true", help="write no BEV / render pictures")
@@ -151,7 +157,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--set overrides --cfg-file: give --cfg-file CONFIG with it")
     files = find_files(args.data_path, args.ext)
     columns = None if args.columns is None else [c.strip() for c in args.columns.split(",")]
-    detector = perception.load_detector(args.ckpt, args.device, config=args.cfg_file, overrides=args.set)
+    detector = perception.load_detector(
+        args.ckpt, args.device, config=args.cfg_file, overrides=args.set, precision=args.precision
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     total = 0
     for f in progress(files, total=len(files), desc="infer", enabled=len(files) > 1):

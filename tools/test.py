@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run a trained detector on a split and score it with the official nuScenes devkit or the KITTI AP.
 
-    python tools/test.py CONFIG --ckpt PATH [--save-dets] [--extra-tag TAG] [--split val] [--onnx DIR [--precision fp32|fp16|int8]] [--set KEY=VALUE ...]
+    python tools/test.py CONFIG --ckpt PATH [--save-dets] [--extra-tag TAG] [--split val] [--precision auto|fp32|bf16] [--onnx DIR [--precision fp32|fp16|int8]] [--set KEY=VALUE ...]
     python tools/test.py CONFIG --eval-all CKPT_DIR          # every checkpoint in the folder not scored yet
     python tools/test.py CONFIG --eval-all [--ckpt-dir DIR]  # the same, OpenPCDet's form (default DIR: the run's ckpt/)
     python tools/test.py CONFIG --eval-all CKPT_DIR --max-waiting-mins 30   # also wait for a running training's
@@ -121,9 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "fp16", "int8"),
-        default="fp32",
-        help="with --onnx: which of the export's files runs (default fp32)",
+        choices=("auto", "fp32", "bf16", "fp16", "int8"),
+        default="auto",
+        help="torch: auto (bf16 autocast on a CPU with AMX bf16, else fp32), fp32 or bf16 (results in "
+        "<split>_bf16/); with --onnx: which of the export's files runs, fp32 (auto), fp16 or int8",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -199,9 +200,15 @@ def _test(args: argparse.Namespace, cfg: Any) -> int:
         raise FileNotFoundError(f"--from-dets {args.from_dets}: no such file")
     if args.ckpt is not None and not args.ckpt.is_file():
         raise FileNotFoundError(f"--ckpt {args.ckpt}: no such checkpoint file")
+    if args.amp and args.precision not in ("auto", None):
+        raise ValueError("give --amp or --precision, not both")
+    if args.onnx is None and args.precision in ("fp16", "int8"):
+        raise ValueError(f"--precision {args.precision} is an exported file's: it needs --onnx DIR")
     if args.onnx is not None:
         if args.ckpt is None or args.amp:
             raise ValueError("--onnx scores one --ckpt (its tools/export.py folder), without --amp")
+        if args.precision == "bf16":
+            raise ValueError("--onnx runs an exported file: --precision fp32, fp16 or int8")
         if not (args.onnx / "manifest.json").is_file():
             raise FileNotFoundError(f"--onnx {args.onnx}: no manifest.json (write it with tools/export.py)")
     from perception.engine.distributed import cleanup_distributed, init_distributed
@@ -260,6 +267,13 @@ def _test_ranks(args: argparse.Namespace, cfg: Any, run_dir: Path, folder: Path 
     # val mode checks the ground truth the evaluation will read; the KITTI test split has none
     dataset = build_dataset(cfg, split, "test" if _unlabelled(cfg, split) else "val")
 
+    # torch inference precision (logged); --amp keeps its training-style meaning, an export runs its own file
+    precision = None
+    if args.onnx is None and not args.amp:
+        from perception.engine.precision import resolve_precision
+
+        precision = resolve_precision(args.precision, info.device)
+
     def score(ckpt: Path, ident: FileIdentity | None) -> Scored:
         """Score one checkpoint on every rank; ``ident`` and the returned metrics on rank 0 only."""
         model = build_detector(cfg.model, cfg.data)
@@ -270,18 +284,22 @@ def _test_ranks(args: argparse.Namespace, cfg: Any, run_dir: Path, folder: Path 
         epochs = epochs if isinstance(epochs, int) else None
         out = None
         if ident is not None:  # rank 0: a folder of other content is refused before the inference
-            suffix = "" if args.precision == "fp32" else f"_{args.precision}"
-            leaf = f"{split}_onnx{suffix}" if args.onnx is not None else split
+            if args.onnx is not None:
+                onnx_precision = "fp32" if args.precision == "auto" else args.precision
+                leaf = f"{split}_onnx" + ("" if onnx_precision == "fp32" else f"_{onnx_precision}")
+            else:
+                leaf = split + ("_bf16" if precision is not None and precision.bf16 else "")
             out = claim_result_dir(eval_root / result_name(ident) / leaf, ident, "checkpoint.json")
         model.to(info.device)
         if args.onnx is not None:
             from perception.deploy.manifest import file_sha256
             from perception.deploy.runtime import OnnxModel
 
-            model = OnnxModel(model, args.onnx, checkpoint_sha256=file_sha256(ckpt), precision=args.precision)
+            variant = "fp32" if args.precision == "auto" else args.precision
+            model = OnnxModel(model, args.onnx, checkpoint_sha256=file_sha256(ckpt), precision=variant)
         dets = run_inference(
             model, dataset, batch_size=args.batch_size, workers=args.workers, device=info.device, amp=args.amp,
-            show_progress=not args.no_progress, dist=info,
+            precision=precision, show_progress=not args.no_progress, dist=info,
         )  # fmt: skip
         if out is None:
             return Scored(None, epochs)

@@ -34,6 +34,7 @@ from perception.engine.checkpoint import atomic_torch_save
 from perception.engine.data import collate_for
 from perception.engine.distributed import DistInfo, gather_object
 from perception.engine.logger import progress
+from perception.engine.precision import InferencePrecision
 from perception.structures import Boxes3D, Detections
 
 __all__ = [
@@ -58,12 +59,17 @@ def run_inference(
     workers: int = 0,
     device: torch.device | str = "cpu",
     amp: bool = False,
+    precision: InferencePrecision | None = None,
     show_progress: bool = True,
     dist: DistInfo | None = None,
 ) -> dict[str, Detections]:
     """``model.predict`` on every sample of ``dataset`` in order, in eval mode.
 
     Args:
+        amp: mixed precision as in training (:class:`~perception.engine.amp.MixedPrecision`: bf16 on the CPU,
+            fp16 on a GPU).
+        precision: the inference precision (:func:`~perception.engine.precision.resolve_precision`); used instead
+            of ``amp`` when given.
         dist: a multi-process job (``tools/test.py --launcher pytorch``): rank ``r`` of ``W`` runs the samples
             ``r, r + W, r + 2W, ...`` (no padding, no sample twice) and rank 0 gathers every rank's detections
             (a collective: every rank must call it). None or a single process: all samples here.
@@ -81,7 +87,7 @@ def run_inference(
         size = len(dataset)  # type: ignore[arg-type]
         shard = torch.utils.data.Subset(dataset, range(dist.rank, size, dist.world_size))
         mine = run_inference(
-            model, shard, batch_size=batch_size, workers=workers, device=device, amp=amp,
+            model, shard, batch_size=batch_size, workers=workers, device=device, amp=amp, precision=precision,
             show_progress=show_progress and dist.is_main,
         )  # fmt: skip
         parts = gather_object(list(mine.items()), dist)
@@ -104,7 +110,7 @@ def run_inference(
     try:
         for batch in progress(loader, total=len(loader), desc="inference", enabled=show_progress):
             batch = batch.to(device)
-            with mp.autocast():
+            with mp.autocast() if precision is None else precision.autocast(device):
                 dets = model.predict(batch)  # type: ignore[operator]
             if len(dets) != batch.batch_size:
                 raise ValueError(

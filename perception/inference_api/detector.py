@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from perception.config_schema import ExperimentConfig
+from perception.engine.precision import InferencePrecision, resolve_precision
 from perception.formats.points import drop_nonfinite, read_point_file, sweep_to_keyframe
 from perception.structures import Batch, Boxes3D, Detections, Points, Sample
 
@@ -195,13 +196,22 @@ class Detector:
         model: the :class:`~perception.models.detector.VoxelDetector` in eval mode.
         config: the experiment config (``config.data``: grid, classes, ``max_sweeps``; ``config.model``).
         device: where it runs.
+        precision: the precision :meth:`detect` runs in (:class:`~perception.engine.precision.InferencePrecision`;
+            float32 unless given).
         point_channels: the channels the model reads, in order.
     """
 
-    def __init__(self, model: torch.nn.Module, config: ExperimentConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: ExperimentConfig,
+        device: torch.device,
+        precision: InferencePrecision | None = None,
+    ) -> None:
         self.model = model.to(device).eval()
         self.config = config
         self.device = device
+        self.precision = precision or resolve_precision("fp32", device)
         self.point_channels = model_point_channels(config.data)
         assert config.model is not None
         if len(self.point_channels) != config.model.num_point_features:
@@ -293,7 +303,8 @@ class Detector:
                 missing from the input, sweeps for a single-sweep model; FileNotFoundError: a missing file.
         """
         prepared = self.prepare(points, columns=columns, sweeps=sweeps, token=token)
-        (det,) = self.model.predict(prepared.batch)
+        with self.precision.autocast(self.device):
+            (det,) = self.model.predict(prepared.batch)
         return self.result(prepared, det)
 
     def prepare(
@@ -352,6 +363,7 @@ def load_detector(
     *,
     config: str | os.PathLike[str] | ExperimentConfig | None = None,
     overrides: Sequence[str] = (),
+    precision: str = "auto",
 ) -> Detector:
     """Build the model a checkpoint was trained as, load its weights and put it on ``device``.
 
@@ -361,6 +373,9 @@ def load_detector(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; None: CUDA where torch sees it, else the CPU.
         config: an experiment YAML (or a loaded config) used instead of the checkpoint's.
         overrides: ``key=value`` items applied to a YAML ``config`` (as ``--set``).
+        precision: ``"auto"`` (bf16 autocast on a CPU with AMX bf16, float32 elsewhere), ``"fp32"`` or
+            ``"bf16"`` (:mod:`perception.engine.precision`; the choice is logged and kept in
+            ``Detector.precision``).
 
     Raises:
         FileNotFoundError: no such checkpoint / config.
@@ -390,4 +405,5 @@ def load_detector(
         raise ValueError(f"the config of {path} has no 'model:' section")
     model = build_detector(cfg.model, cfg.data)
     load_model_weights(model, path, strict=True).check_class_names(cfg.data.class_names)
-    return Detector(model, cfg, _device(device))
+    dev = _device(device)
+    return Detector(model, cfg, dev, resolve_precision(precision, dev))
