@@ -585,3 +585,41 @@ def test_initial_heatmap_loss_is_that_of_the_prior() -> None:
     hm = [v.item() for k, v in losses.items() if k.endswith(".heatmap")]
     assert len(hm) == len(NUSCENES_TASKS)
     assert all(0.0 < v < 30.0 for v in hm), hm
+
+
+@pytest.mark.parametrize("num_head_convs", [1, 2, 3])
+def test_predict_at_peaks_equals_decoding_the_dense_outputs(num_head_convs: int) -> None:
+    """``predict`` runs the regression branches on patches around the peaks only: the same detections as
+    ``decode(head(bev))``, including peaks on the map's borders and corners (every cell is a top-K peak here, and
+    the batch norms have non-trivial running statistics)."""
+    head = make_head(num_head_convs=num_head_convs, decode={"top_k": 32 * 32 * 2, "score_threshold": 0.0})
+    for m in head.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    head.eval()
+    bev = torch.randn(2, 8, 32, 32)
+    dense = head.decode(head(bev))
+    sparse = head.predict(bev)
+    peaks = head.peaks(bev)
+    rows = torch.cat([p.rows for p, _ in peaks])
+    cols = torch.cat([p.cols for p, _ in peaks])
+    assert {0, 31} <= set(rows.tolist()) and {0, 31} <= set(cols.tolist())  # border cells are among the peaks
+    for d, s in zip(dense, sparse, strict=True):
+        assert len(d) > 20
+        assert torch.equal(d.labels, s.labels)
+        assert torch.equal(d.scores, s.scores)
+        torch.testing.assert_close(s.boxes.tensor, d.boxes.tensor, atol=1e-5, rtol=1e-5)
+    # the codes themselves, cell by cell, against the dense maps
+    out = head(bev)
+    for (p, codes), task in zip(peaks, out.tasks, strict=True):
+        expected = task.box_codes()[p.sample, :, p.rows, p.cols]
+        torch.testing.assert_close(codes, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_peaks_need_eval_mode() -> None:
+    head = make_head()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        head.peaks(torch.randn(1, 8, 32, 32))

@@ -13,7 +13,7 @@ import torch
 
 import perception
 from perception.engine.precision import CpuFeatures, cpu_features, resolve_precision
-from perception.models.detector import float32_outputs
+from perception.models.casting import float32_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "checkpoints" / "demo_detector.pth"

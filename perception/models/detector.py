@@ -15,7 +15,6 @@ voxelization the dynamic VFEs voxelize the points themselves (every point kept) 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -165,22 +164,10 @@ class VoxelDetector(nn.Module):
     def predict(self, batch: Batch) -> list[Detections]:
         """Decoded detections, one :class:`Detections` per sample (boxes ``(N, 9)`` or ``(N, 7)``, LiDAR frame).
 
+        The head's ``predict`` (CenterPoint: regression at the heatmap peaks only; TransFusion: ``decode(head(bev))``).
         Under bf16 autocast the head's outputs are cast to float32 first: peaks, box decoding and NMS run in
         float32 (:mod:`perception.engine.precision`)."""
-        return self.head.decode(float32_outputs(self(batch)))
-
-
-def float32_outputs(obj: Any) -> Any:
-    """``obj`` (a head output: dataclasses, lists, tensors) with every floating tensor in float32."""
-    if isinstance(obj, torch.Tensor):
-        return obj.float() if obj.is_floating_point() and obj.dtype != torch.float32 else obj
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(
-            obj, **{f.name: float32_outputs(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
-        )
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(float32_outputs(v) for v in obj)
-    return obj
+        return self.head.predict(self.bev_features(batch))
 
 
 def total_loss(losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -207,4 +194,4 @@ def total_loss(losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return total
 
 
-__all__ = ["VoxelDetector", "Voxelization", "float32_outputs", "total_loss"]
+__all__ = ["VoxelDetector", "Voxelization", "total_loss"]

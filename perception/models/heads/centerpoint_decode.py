@@ -1,14 +1,18 @@
 """CenterPoint post-processing: top-K heatmap peaks -> boxes -> score / range filter -> NMS per task.
 
 Per task and sample: the ``top_k`` highest sigmoid scores over all of the task's class channels and cells (the
-same set as CenterPoint's per-class top-K followed by a top-K over classes), their boxes decoded by the
-:class:`~perception.models.heads.box_coder.CenterBoxCoder` relative to the peak cell, then kept when
-``score > score_threshold`` and the box centre lies inside ``post_center_range`` (inclusive), then NMS across the
-task's classes: rotated BEV-IoU NMS (:func:`perception.ops.nms.nms_bev`) or CenterPoint's circle NMS
-(:func:`perception.ops.nms.circle_nms`, one distance per task).
+same set as CenterPoint's per-class top-K followed by a top-K over classes), kept when ``score >
+score_threshold`` (:func:`select_peaks`); their boxes decoded by the
+:class:`~perception.models.heads.box_coder.CenterBoxCoder` relative to the peak cell, kept when the box centre lies
+inside ``post_center_range`` (inclusive), then NMS across the task's classes: rotated BEV-IoU NMS
+(:func:`perception.ops.nms.nms_bev`) or CenterPoint's circle NMS (:func:`perception.ops.nms.circle_nms`, one
+distance per task) (:func:`decode_peaks`). The box codes are read only at the peaks that pass the score
+threshold, so a head may compute them there alone (:meth:`CenterPointHead.predict`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -17,7 +21,100 @@ from perception.ops.nms import circle_nms, nms_bev
 from .box_coder import CenterBoxCoder
 from .centerpoint_config import CenterPointDecodeConfig
 
-__all__ = ["decode_task"]
+__all__ = ["TaskPeaks", "decode_peaks", "decode_task", "select_peaks"]
+
+
+@dataclass
+class TaskPeaks:
+    """One task's heatmap peaks above the score threshold, for a batch of ``B`` samples.
+
+    Attributes:
+        sample: int64 ``(N,)`` the sample of each peak, ascending; within a sample peaks are in descending score.
+        scores: float32 ``(N,)`` sigmoid scores.
+        channels: int64 ``(N,)`` the class channel of the task.
+        rows / cols: int64 ``(N,)`` the peak cell on the ``(H, W)`` map.
+        batch_size: ``B``.
+    """
+
+    sample: torch.Tensor
+    scores: torch.Tensor
+    channels: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    batch_size: int
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def select_peaks(heatmap: torch.Tensor, config: CenterPointDecodeConfig, task_index: int) -> TaskPeaks:
+    """The ``top_k`` peaks per sample of ``heatmap`` ``(B, C_t, H, W)`` (logits) whose score passes the threshold.
+
+    Raises:
+        ValueError: a top-K score is NaN/inf (the network diverged).
+    """
+    b, num_classes, h, w = heatmap.shape
+    k = min(config.top_k, num_classes * h * w)
+    scores, flat = torch.topk(torch.sigmoid(heatmap.detach().float()).reshape(b, -1), k, dim=1)
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"CenterPoint task {task_index}: the predicted heatmap contains NaN or inf")
+    keep = scores > config.score_threshold
+    sample = torch.arange(b, device=flat.device)[:, None].expand(b, k)[keep]
+    flat = flat[keep]
+    cell = flat % (h * w)
+    return TaskPeaks(
+        sample=sample,
+        scores=scores[keep],
+        channels=torch.div(flat, h * w, rounding_mode="floor"),
+        rows=torch.div(cell, w, rounding_mode="floor"),
+        cols=cell % w,
+        batch_size=b,
+    )
+
+
+def decode_peaks(
+    peaks: TaskPeaks,
+    codes: torch.Tensor,
+    coder: CenterBoxCoder,
+    config: CenterPointDecodeConfig,
+    task_index: int,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Boxes of ``peaks`` from their box codes ``(N, D)`` (``CODE_NAMES`` order), range filter and NMS.
+
+    Returns:
+        Per sample ``(boxes float32 (N_b, 7|9), scores float32 (N_b,), channels int64 (N_b,))``, sorted by
+        descending score; ``channels`` index the task's classes.
+
+    Raises:
+        ValueError: a box code is NaN/inf (the network diverged).
+    """
+    codes = codes.detach().float()
+    if not bool(torch.isfinite(codes).all()):
+        raise ValueError(f"CenterPoint task {task_index}: the predicted box codes contain NaN or inf")
+    ref = torch.stack([peaks.cols, peaks.rows], dim=-1)
+    boxes = coder.decode(codes[None], ref[None])[0]  # (N, 7|9)
+    keep = torch.ones(len(peaks), dtype=torch.bool, device=boxes.device)
+    if config.post_center_range is not None:
+        r = boxes.new_tensor(config.post_center_range)
+        keep &= ((boxes[:, :3] >= r[:3]) & (boxes[:, :3] <= r[3:])).all(dim=-1)
+    rotated = None if config.nms is None else config.nms.rotated
+    circle = None if config.nms is None else config.nms.circle
+    if circle is not None and task_index >= len(circle.distances):
+        raise ValueError(
+            f"nms.circle.distances has {len(circle.distances)} entries, task {task_index} has none"
+        )
+    out = []
+    for i in range(peaks.batch_size):
+        mine = keep & (peaks.sample == i)
+        bx, sc, ch = boxes[mine], peaks.scores[mine], peaks.channels[mine]
+        if rotated is not None:
+            idx = nms_bev(bx, sc, rotated.iou_threshold, rotated.pre_max, rotated.post_max)
+            bx, sc, ch = bx[idx], sc[idx], ch[idx]
+        elif circle is not None:
+            idx = circle_nms(bx[:, :2], sc, circle.distances[task_index], circle.pre_max, circle.post_max)
+            bx, sc, ch = bx[idx], sc[idx], ch[idx]
+        out.append((bx, sc, ch))
+    return out
 
 
 def decode_task(
@@ -27,7 +124,7 @@ def decode_task(
     config: CenterPointDecodeConfig,
     task_index: int,
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Decode one task's dense predictions.
+    """Decode one task's dense predictions: :func:`select_peaks`, the codes read at the peaks, :func:`decode_peaks`.
 
     Args:
         heatmap: ``(B, C_t, H, W)`` class logits.
@@ -43,38 +140,6 @@ def decode_task(
     Raises:
         ValueError: a selected peak has a NaN/inf score or box code (the network diverged).
     """
-    b, num_classes, h, w = heatmap.shape
-    d = codes.shape[1]
-    k = min(config.top_k, num_classes * h * w)
-    scores, flat = torch.topk(torch.sigmoid(heatmap.detach().float()).reshape(b, -1), k, dim=1)
-    channels = torch.div(flat, h * w, rounding_mode="floor")
-    cell = flat % (h * w)
-    peak_codes = codes.detach().float().reshape(b, d, h * w).gather(2, cell[:, None, :].expand(b, d, k))
-    peak_codes = peak_codes.transpose(1, 2)  # (B, K, D)
-    if not (bool(torch.isfinite(scores).all()) and bool(torch.isfinite(peak_codes).all())):
-        raise ValueError(
-            f"CenterPoint task {task_index}: the predicted heatmap or box codes contain NaN or inf"
-        )
-    ref = torch.stack([cell % w, torch.div(cell, w, rounding_mode="floor")], dim=-1)
-    boxes = coder.decode(peak_codes, ref)  # (B, K, 7|9)
-    keep = scores > config.score_threshold
-    if config.post_center_range is not None:
-        r = boxes.new_tensor(config.post_center_range)
-        keep &= ((boxes[..., :3] >= r[:3]) & (boxes[..., :3] <= r[3:])).all(dim=-1)
-    out = []
-    for i in range(b):
-        bx, sc, ch = boxes[i][keep[i]], scores[i][keep[i]], channels[i][keep[i]]
-        rotated = None if config.nms is None else config.nms.rotated
-        circle = None if config.nms is None else config.nms.circle
-        if rotated is not None:
-            idx = nms_bev(bx, sc, rotated.iou_threshold, rotated.pre_max, rotated.post_max)
-            bx, sc, ch = bx[idx], sc[idx], ch[idx]
-        elif circle is not None:
-            if task_index >= len(circle.distances):
-                raise ValueError(
-                    f"nms.circle.distances has {len(circle.distances)} entries, task {task_index} has none"
-                )
-            idx = circle_nms(bx[:, :2], sc, circle.distances[task_index], circle.pre_max, circle.post_max)
-            bx, sc, ch = bx[idx], sc[idx], ch[idx]
-        out.append((bx, sc, ch))
-    return out
+    peaks = select_peaks(heatmap, config, task_index)
+    peak_codes = codes.detach()[peaks.sample, :, peaks.rows, peaks.cols]  # (N, D)
+    return decode_peaks(peaks, peak_codes, coder, config, task_index)

@@ -46,6 +46,7 @@ from torch.nn import functional as F
 
 from perception._validate import check_tensor
 from perception.grid import VoxelGrid
+from perception.models.casting import float32_outputs
 from perception.ops.nms import nms_bev
 from perception.shapes import MapShape
 from perception.structures import Boxes3D, Detections
@@ -320,6 +321,11 @@ class TransFusionHead(nn.Module):
         return losses
 
     # ---------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, bev: torch.Tensor) -> list[Detections]:
+        """``decode(self(bev))``, the outputs cast to float32 first (under bf16 autocast decoding runs in float32)."""
+        return self.decode(float32_outputs(self(bev)))
+
     @torch.no_grad()
     def decode(self, output: TransFusionOutput) -> list[Detections]:
         """Detections per sample (see :class:`~.transfusion_config.TransFusionDecodeConfig`).
