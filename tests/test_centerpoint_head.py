@@ -619,7 +619,19 @@ def test_predict_at_peaks_equals_decoding_the_dense_outputs(num_head_convs: int)
         torch.testing.assert_close(codes, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_peaks_need_eval_mode() -> None:
+def test_peaks_need_eval_mode_and_predict_decodes_densely_in_training() -> None:
     head = make_head()
+    bev = torch.randn(1, 8, 32, 32)
     with pytest.raises(RuntimeError, match="eval mode"):
-        head.peaks(torch.randn(1, 8, 32, 32))
+        head.peaks(bev)
+    (det,) = head.predict(bev)  # training mode: the dense outputs decoded
+    (dense,) = head.decode(head(bev))
+    assert torch.equal(det.scores, dense.scores) and len(det) > 0
+
+
+def test_predict_with_no_peak_above_the_threshold() -> None:
+    head = make_head(decode={"score_threshold": 0.999}).eval()
+    bev = torch.zeros(2, 8, 32, 32)
+    dets = head.predict(bev)
+    assert [len(d) for d in dets] == [0, 0] == [len(d) for d in head.decode(head(bev))]
+    assert dets[0].boxes.tensor.shape == (0, 9)

@@ -3,8 +3,9 @@
 torch and numba's parallel kernels share one OpenMP runtime here (numba's OpenMP threading layer), and an OpenMP
 team splits each parallel region into equal static chunks, then waits at a barrier. When another process holds one
 of the cores, the thread that shares a core with it finishes its chunk late and the others spin at the barrier:
-two threads on one free core ran a DSVT forward 3-8x slower than one thread, and the set partition 20x. So the
-tools pick the count from the cores free *now* (:func:`choose_threads`, ``--threads auto``, their default):
+with one of two cores held by a training job, the demo detector's frame took 1845 ms at two threads against 156 ms
+at one (``benchmarks/bench_frame.py --demo-only --threads 2`` / ``auto``). So pick the count from the cores free
+*now* (:func:`choose_threads`, ``--threads auto`` of ``benchmarks/bench_frame.py``):
 
 1. the cores this process may run on (``os.sched_getaffinity``; a cgroup CPU quota, as containers set, caps it);
 2. minus the cores that other processes kept busy over a short sample (``/proc/stat`` per CPU, 0.2 s, our own
@@ -15,7 +16,8 @@ The choice is made once, at start-up, and logged with its reason (:class:`Thread
 is not followed. :func:`apply_threads` sets torch's count and makes numba's parallel kernels use the same count
 (:func:`perception.ops._backend.match_torch_threads`), so the two never run more threads than chosen together.
 The library itself (``perception.load_detector``) leaves a user's thread settings alone: call
-:func:`use_free_cores` from your own program to get the tools' behaviour.
+:func:`use_free_cores` from your own program. (The tools ``train.py`` / ``test.py`` / ``infer.py`` do not call it
+yet.)
 """
 
 from __future__ import annotations

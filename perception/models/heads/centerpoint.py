@@ -31,6 +31,7 @@ from torch import nn
 from perception._validate import check_tensor
 from perception.formats.nuscenes_names import NUSCENES_CLASSES
 from perception.grid import VoxelGrid
+from perception.models.casting import float32_outputs
 from perception.models.losses import gaussian_focal_loss, weighted_l1_loss
 from perception.shapes import MapShape
 from perception.structures import Boxes3D, Detections
@@ -183,7 +184,7 @@ def branches_at_cells(
         type(m) is not type(n) for ls in layers for m, n in zip(ls, layers[0], strict=True)
     ):
         raise ValueError("branches_at_cells needs branches of the same structure")
-    b_, _, h, w = x.shape
+    _, _, h, w = x.shape
     r = branches[0].radius
     size = 2 * r + 1
     key, inverse = torch.unique((sample * h + rows) * w + cols, return_inverse=True)
@@ -374,7 +375,12 @@ class CenterPointHead(nn.Module):
 
     @torch.no_grad()
     def predict(self, bev: torch.Tensor) -> list[Detections]:
-        """``decode(self(bev))`` with the regression computed at the peaks only (see the module docstring)."""
+        """``decode(self(bev))`` with the regression computed at the peaks only (see the module docstring).
+
+        In training mode (batch norm on batch statistics, where a patch is not the map) it decodes the dense
+        outputs instead."""
+        if self.training:
+            return self.decode(float32_outputs(self(bev)))
         return self.decode_peaks(self.peaks(bev))
 
     def targets(
