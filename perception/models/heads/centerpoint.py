@@ -38,7 +38,7 @@ from perception.structures import Boxes3D, Detections
 
 from .box_coder import CenterBoxCoder
 from .centerpoint_config import CenterPointConfig
-from .centerpoint_decode import TaskPeaks, decode_peaks, decode_task, select_peaks
+from .centerpoint_decode import TaskPeaks, decode_peaks, decode_task, peaks_to_decode, select_peaks
 from .centerpoint_targets import CenterPointTaskTargets, build_center_targets
 
 __all__ = [
@@ -190,12 +190,14 @@ def branches_at_cells(
     key, inverse = torch.unique((sample * h + rows) * w + cols, return_inverse=True)
     sample, cell = torch.div(key, h * w, rounding_mode="floor"), key % (h * w)
     rows, cols = torch.div(cell, w, rounding_mode="floor"), cell % w
-    padded = nn.functional.pad(x, (r, r, r, r))
-    offsets = torch.arange(size, device=x.device)
-    rr = rows[:, None] + offsets  # (U, S) rows of the padded map
+    offsets = torch.arange(-r, r + 1, device=x.device)
+    rr = rows[:, None] + offsets  # (U, S) rows of the patch, some outside the map near its borders
     cc = cols[:, None] + offsets
-    y = padded[sample[:, None, None], :, rr[:, :, None], cc[:, None, :]].permute(0, 3, 1, 2)  # (U, C, S, S)
-    inside = ((rr >= r) & (rr < h + r))[:, :, None] & ((cc >= r) & (cc < w + r))[:, None, :]
+    inside = ((rr >= 0) & (rr < h))[:, :, None] & ((cc >= 0) & (cc < w))[:, None, :]  # (U, S, S)
+    # the patch read in place (no padded copy of the map): clamped indices, zeroed outside as the padding is
+    rows_in, cols_in = rr.clamp(0, h - 1)[:, :, None], cc.clamp(0, w - 1)[:, None, :]
+    y = x.permute(0, 2, 3, 1)[sample[:, None, None], rows_in, cols_in]  # (U, S, S, C): rows of C from NHWC
+    y = (y * inside[..., None].to(y.dtype)).permute(0, 3, 1, 2)  # (U, C, S, S)
     done = 0
     for j, first in enumerate(layers[0]):
         mods = [ls[j] for ls in layers]
@@ -350,19 +352,23 @@ class CenterPointHead(nn.Module):
 
     @torch.no_grad()
     def peaks(self, bev: torch.Tensor) -> list[tuple[TaskPeaks, torch.Tensor]]:
-        """Per task, the peaks above the score threshold and their float32 box codes ``(N, D)``.
+        """Per task, the peaks that decoding can keep and their float32 box codes ``(N, D)``.
 
-        The heatmap branches run on the whole map, the regression branches only at the peaks
-        (:func:`branches_at_cells`). Args: bev: float ``(B, in_channels, H, W)``; the head in eval mode.
+        The heatmap branches run on the whole map, the regression branches only at the peaks above the score
+        threshold that NMS can read (:func:`peaks_to_decode`: the ``pre_max`` best with a centre in range, per
+        sample) (:func:`branches_at_cells`). Args: bev: float ``(B, in_channels, H, W)``; the head in eval mode.
         """
         check_tensor("bev", bev, shape=(None, self.in_channels, *self.feature_map_size))
         if self.training:
             raise RuntimeError("CenterPointHead.peaks needs eval mode (batch norm with running statistics)")
         x = self.shared_conv(bev)
         out = []
+        decode = self.config.decode
         for i, head in enumerate(self.task_heads):
-            peaks = select_peaks(head.heatmap(x), self.config.decode, i)
-            out.append((peaks, head.codes_at(x, peaks).float()))
+            peaks = select_peaks(head.heatmap(x), decode, i)
+            out.append(
+                peaks_to_decode(peaks, lambda p, head=head: head.codes_at(x, p).float(), self.coder, decode, i)
+            )
         return out
 
     @torch.no_grad()

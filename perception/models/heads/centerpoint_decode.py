@@ -7,11 +7,13 @@ score_threshold`` (:func:`select_peaks`); their boxes decoded by the
 inside ``post_center_range`` (inclusive), then NMS across the task's classes: rotated BEV-IoU NMS
 (:func:`perception.ops.nms.nms_bev`) or CenterPoint's circle NMS (:func:`perception.ops.nms.circle_nms`, one
 distance per task) (:func:`decode_peaks`). The box codes are read only at the peaks that pass the score
-threshold, so a head may compute them there alone (:meth:`CenterPointHead.predict`).
+threshold, and NMS reads only the ``pre_max`` best of those whose centre is in range, so a head may compute the
+codes at those peaks alone (:func:`peaks_to_decode`, what :meth:`CenterPointHead.predict` does).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +23,7 @@ from perception.ops.nms import circle_nms, nms_bev
 from .box_coder import CenterBoxCoder
 from .centerpoint_config import CenterPointDecodeConfig
 
-__all__ = ["TaskPeaks", "decode_peaks", "decode_task", "select_peaks"]
+__all__ = ["TaskPeaks", "decode_peaks", "decode_task", "peaks_to_decode", "select_peaks"]
 
 
 @dataclass
@@ -46,6 +48,18 @@ class TaskPeaks:
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
+    def subset(self, mask: torch.Tensor) -> TaskPeaks:
+        """The peaks at ``mask``: a bool ``(N,)`` mask or int64 indices (in their order)."""
+        return TaskPeaks(
+            self.sample[mask], self.scores[mask], self.channels[mask], self.rows[mask], self.cols[mask],
+            self.batch_size,
+        )  # fmt: skip
+
+    def rank(self) -> torch.Tensor:
+        """int64 ``(N,)`` each peak's place in its sample's score order (0 = best)."""
+        first = torch.searchsorted(self.sample, self.sample)
+        return torch.arange(len(self), device=self.sample.device) - first
+
 
 def select_peaks(heatmap: torch.Tensor, config: CenterPointDecodeConfig, task_index: int) -> TaskPeaks:
     """The ``top_k`` peaks per sample of ``heatmap`` ``(B, C_t, H, W)`` (logits) whose score passes the threshold.
@@ -55,8 +69,9 @@ def select_peaks(heatmap: torch.Tensor, config: CenterPointDecodeConfig, task_in
     """
     b, num_classes, h, w = heatmap.shape
     k = min(config.top_k, num_classes * h * w)
-    scores, flat = torch.topk(torch.sigmoid(heatmap.detach().float()).reshape(b, -1), k, dim=1)
-    if not bool(torch.isfinite(scores).all()):
+    logits, flat = torch.topk(heatmap.detach().float().reshape(b, -1), k, dim=1)  # sigmoid is monotonic
+    scores = torch.sigmoid(logits)
+    if not bool(torch.isfinite(logits).all()):
         raise ValueError(f"CenterPoint task {task_index}: the predicted heatmap contains NaN or inf")
     keep = scores > config.score_threshold
     sample = torch.arange(b, device=flat.device)[:, None].expand(b, k)[keep]
@@ -88,15 +103,8 @@ def decode_peaks(
     Raises:
         ValueError: a box code is NaN/inf (the network diverged).
     """
-    codes = codes.detach().float()
-    if not bool(torch.isfinite(codes).all()):
-        raise ValueError(f"CenterPoint task {task_index}: the predicted box codes contain NaN or inf")
-    ref = torch.stack([peaks.cols, peaks.rows], dim=-1)
-    boxes = coder.decode(codes[None], ref[None])[0]  # (N, 7|9)
-    keep = torch.ones(len(peaks), dtype=torch.bool, device=boxes.device)
-    if config.post_center_range is not None:
-        r = boxes.new_tensor(config.post_center_range)
-        keep &= ((boxes[:, :3] >= r[:3]) & (boxes[:, :3] <= r[3:])).all(dim=-1)
+    boxes = _peak_boxes(peaks, codes, coder, task_index)
+    keep = _in_center_range(boxes, config)
     rotated = None if config.nms is None else config.nms.rotated
     circle = None if config.nms is None else config.nms.circle
     if circle is not None and task_index >= len(circle.distances):
@@ -115,6 +123,66 @@ def decode_peaks(
             bx, sc, ch = bx[idx], sc[idx], ch[idx]
         out.append((bx, sc, ch))
     return out
+
+
+def _peak_boxes(peaks: TaskPeaks, codes: torch.Tensor, coder: CenterBoxCoder, task_index: int) -> torch.Tensor:
+    """float32 ``(N, 7|9)`` the boxes of ``peaks`` from their codes ``(N, D)``."""
+    codes = codes.detach().float()
+    if not bool(torch.isfinite(codes).all()):
+        raise ValueError(f"CenterPoint task {task_index}: the predicted box codes contain NaN or inf")
+    ref = torch.stack([peaks.cols, peaks.rows], dim=-1)
+    return coder.decode(codes[None], ref[None])[0]
+
+
+def _in_center_range(boxes: torch.Tensor, config: CenterPointDecodeConfig) -> torch.Tensor:
+    """bool ``(N,)`` the box centres inside ``post_center_range`` (inclusive; all without one)."""
+    if config.post_center_range is None:
+        return torch.ones(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    r = boxes.new_tensor(config.post_center_range)
+    return ((boxes[:, :3] >= r[:3]) & (boxes[:, :3] <= r[3:])).all(dim=-1)
+
+
+def peaks_to_decode(
+    peaks: TaskPeaks,
+    codes_at: Callable[[TaskPeaks], torch.Tensor],
+    coder: CenterBoxCoder,
+    config: CenterPointDecodeConfig,
+    task_index: int,
+) -> tuple[TaskPeaks, torch.Tensor]:
+    """The peaks :func:`decode_peaks` can keep and their codes, asking ``codes_at`` for as few as it can.
+
+    NMS reads, per sample, the ``pre_max`` best-scoring peaks whose box centre is inside ``post_center_range``.
+    So the codes (``codes_at(subset) -> (n, D)``) are computed for the ``pre_max`` best peaks of each sample
+    first; where some of their centres fall outside the range, for as many of the next ones, until ``pre_max``
+    are inside or none are left. Without NMS, for every peak. ``decode_peaks`` on the result gives the same
+    detections as on every peak.
+
+    Returns:
+        ``(the peaks whose codes were computed, in their order; their codes (n, D))``.
+    """
+    nms = config.nms
+    limit = None if nms is None else (nms.rotated or nms.circle).pre_max  # type: ignore[union-attr]
+    if limit is None or len(peaks) == 0:
+        return peaks, codes_at(peaks)
+    first = torch.searchsorted(peaks.sample, peaks.sample)  # (N,) index of each peak's sample's best peak
+    computed = torch.zeros(len(peaks), dtype=torch.bool, device=first.device)
+    inside = torch.zeros_like(computed)
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []  # (indices, codes) per round
+    new = peaks.rank() < limit
+    while bool(new.any()):
+        index = new.nonzero()[:, 0]
+        subset = peaks.subset(index)
+        codes = codes_at(subset)
+        parts.append((index, codes))
+        computed[index] = True
+        inside[index] = _in_center_range(_peak_boxes(subset, codes, coder, task_index), config)
+        short = limit - torch.bincount(peaks.sample[inside], minlength=peaks.batch_size)  # (B,)
+        left = ~computed
+        before = torch.cumsum(left.long(), 0) - left.long()  # peaks left before each one, over all samples
+        new = left & (before - before[first] < short[peaks.sample])  # the next `short` ones of each sample
+    index = torch.cat([i for i, _ in parts])
+    order = torch.argsort(index)
+    return peaks.subset(index[order]), torch.cat([c for _, c in parts])[order]
 
 
 def decode_task(
