@@ -20,7 +20,6 @@ from perception.models.heads.centerpoint import (
     CenterPointOutput,
     CenterPointTaskOutput,
 )
-from perception.models.heads.centerpoint_decode import TaskPeaks
 from perception.models.heads.centerpoint_config import (
     NUSCENES_CIRCLE_NMS_MIN_RADIUS,
     CenterPointConfig,
@@ -29,6 +28,7 @@ from perception.models.heads.centerpoint_config import (
     NMSConfig,
     RotatedNMS,
 )
+from perception.models.heads.centerpoint_decode import TaskPeaks
 from perception.models.heads.centerpoint_targets import (
     build_center_targets,
     draw_gaussians,
@@ -648,7 +648,11 @@ def test_codes_only_for_the_peaks_nms_reads(nms: str) -> None:
         if nms == "rotated"
         else {"circle": {"distances": [0.5] * 6, "pre_max": 6, "post_max": 83}}
     )
-    settings = {"top_k": 400, "score_threshold": 0.0, "post_center_range": (-19.2, -19.2, -10.0, 0.0, 19.2, 10.0)}
+    settings = {
+        "top_k": 400,
+        "score_threshold": 0.0,
+        "post_center_range": (-19.2, -19.2, -10.0, 0.0, 19.2, 10.0),
+    }
     head = make_head(decode={**settings, "nms": nms_cfg}).eval()
     bev = torch.randn(2, 8, 32, 32)
     bev[1, :, :, 16:] += 3.0  # sample 1: the right half (x > 0, outside the range) scores differently

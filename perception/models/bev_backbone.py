@@ -180,4 +180,6 @@ class BaseBEVBackbone(nn.Module):
         y = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
         if len(self.deblocks) > len(self.blocks):
             y = self.deblocks[-1](y)
-        return y.contiguous(memory_format=torch.channels_last)  # transposed convs give NCHW: the head reads NHWC
+        return y.contiguous(
+            memory_format=torch.channels_last
+        )  # transposed convs give NCHW: the head reads NHWC

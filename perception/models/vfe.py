@@ -269,7 +269,9 @@ class _DynamicVFE(nn.Module):
         if self.with_distance:
             parts.append(torch.linalg.vector_norm(xyz, dim=1, keepdim=True))
         x = torch.cat(parts, dim=1)
-        with torch.autocast(points.device.type, enabled=False):  # float32 throughout: see the module docstring
+        with torch.autocast(
+            points.device.type, enabled=False
+        ):  # float32 throughout: see the module docstring
             for layer in self.pfn_layers:
                 x = layer(x, inv, m)
         return SparseFeatures(x, coords, self.grid.shape, batch_size)

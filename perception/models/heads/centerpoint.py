@@ -367,7 +367,9 @@ class CenterPointHead(nn.Module):
         for i, head in enumerate(self.task_heads):
             peaks = select_peaks(head.heatmap(x), decode, i)
             out.append(
-                peaks_to_decode(peaks, lambda p, head=head: head.codes_at(x, p).float(), self.coder, decode, i)
+                peaks_to_decode(
+                    peaks, lambda p, head=head: head.codes_at(x, p).float(), self.coder, decode, i
+                )
             )
         return out
 

@@ -125,7 +125,9 @@ def decode_peaks(
     return out
 
 
-def _peak_boxes(peaks: TaskPeaks, codes: torch.Tensor, coder: CenterBoxCoder, task_index: int) -> torch.Tensor:
+def _peak_boxes(
+    peaks: TaskPeaks, codes: torch.Tensor, coder: CenterBoxCoder, task_index: int
+) -> torch.Tensor:
     """float32 ``(N, 7|9)`` the boxes of ``peaks`` from their codes ``(N, D)``."""
     codes = codes.detach().float()
     if not bool(torch.isfinite(codes).all()):
