@@ -75,3 +75,48 @@ def test_apply_sets_torch_and_numba_together() -> None:
         assert torch.get_num_threads() == 1 and numba.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_auto_shares_the_cores_among_a_jobs_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun (LOCAL_WORLD_SIZE > 1) each process gets its share, without sampling the others' load."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(threads, "usable_cores", lambda: 5)
+
+    def no_sample(sample_s: float = 0.2) -> float:
+        raise AssertionError("sampled the load of the job's own processes")
+
+    monkeypatch.setattr(threads, "busy_cores_elsewhere", no_sample)
+    choice = choose_threads("auto")
+    assert choice.threads == 2 and "shared by 2 processes" in choice.reason
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert choose_threads("auto").threads == 1
+    assert choose_threads(3).threads == 3  # an explicit count is still taken as given
+
+
+def test_tools_take_threads(tmp_path: Path) -> None:
+    """``--threads`` on the tools' parsers (default auto); a bad value is a clean error of test.py."""
+    import argparse
+    import subprocess
+    import sys
+
+    from perception.engine.threads import add_threads_argument
+
+    p = argparse.ArgumentParser()
+    add_threads_argument(p)
+    assert p.parse_args([]).threads == "auto" and p.parse_args(["--threads", "1"]).threads == "1"
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, str(repo / "tools" / "test.py"), str(repo / "configs" / "demo_detector.yaml"),
+         "--ckpt", str(tmp_path / "none.pth"), "--threads", "zero"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2 and "threads must be 'auto' or a positive integer" in run.stderr
+    for tool in ("infer.py", "demo.py"):
+        helped = subprocess.run(
+            [sys.executable, str(repo / "tools" / tool), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert helped.returncode == 0 and "--threads auto|N" in helped.stdout

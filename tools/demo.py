@@ -35,6 +35,7 @@ DEFAULT_CHECKPOINT = REPO / "checkpoints" / "demo_detector.pth"
 
 def main(argv: list[str] | None = None) -> int:
     from perception.config import add_config_args, config_from_args
+    from perception.engine.threads import add_threads_argument, use_free_cores
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         help="experiment YAML of --checkpoint (default: the .yaml beside the checkpoint)",
     )
     parser.add_argument("--no-detect", action="store_true", help="skip the detection + evaluation step")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
+    print(f"threads: {use_free_cores(args.threads).reason}")
     cfg = config_from_args(args)
     if cfg.data.dataset != "nuscenes":
         parser.error("the demo runs on nuScenes-format data (data.dataset: nuscenes)")

@@ -47,6 +47,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     from perception.cli import ToolParser
+    from perception.engine.threads import add_threads_argument
     from perception.formats.points import POINT_FILE_EXTENSIONS
 
     p = ToolParser(prog="infer.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--score-thr", type=float, default=0.3, help="keep detections scoring at least (default 0.3)"
     )
     p.add_argument("--no-pictures", action="store_true", help="write no BEV / render pictures")
+    add_threads_argument(p)
     p.add_argument(
         "--cfg-file", type=Path, metavar="CONFIG", help="experiment YAML replacing the checkpoint's"
     )
@@ -150,11 +152,13 @@ def _pictures(result: Any, detector: Any, out: Path, stem: str, view: str, score
 def run(args: argparse.Namespace) -> int:
     import perception
     from perception.engine.logger import progress
+    from perception.engine.threads import use_free_cores
     from perception.formats.points import POINT_FILE_EXTENSIONS
     from perception.inference_api.outputs import frame_stem, write_json, write_kitti_txt
 
     if args.set and args.cfg_file is None:
         raise ValueError("--set overrides --cfg-file: give --cfg-file CONFIG with it")
+    print(f"threads: {use_free_cores(args.threads).reason}", file=sys.stderr)
     files = find_files(args.data_path, args.ext)
     columns = None if args.columns is None else [c.strip() for c in args.columns.split(",")]
     detector = perception.load_detector(

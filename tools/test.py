@@ -72,6 +72,7 @@ def _seconds(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     from perception.cli import ToolParser
     from perception.config import add_config_args
+    from perception.engine.threads import add_threads_argument
 
     p = ToolParser(prog="test.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         "<split>_bf16/); with --onnx: which of the export's files runs, fp32 (auto), fp16 or int8",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_threads_argument(p)
     return p
 
 
@@ -163,8 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from perception.config import ConfigError, load_config
     from perception.engine.checkpoint import CheckpointError
+    from perception.engine.threads import use_free_cores
 
     try:
+        print(f"threads: {use_free_cores(args.threads).reason}", flush=True)
         cfg = load_config(args.config, args.set)
         return _test(args, cfg)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:

@@ -15,22 +15,34 @@ at one (``benchmarks/bench_frame.py --demo-only --threads 2`` / ``auto``). So pi
 The choice is made once, at start-up, and logged with its reason (:class:`ThreadChoice`); a load that starts later
 is not followed. :func:`apply_threads` sets torch's count and makes numba's parallel kernels use the same count
 (:func:`perception.ops._backend.match_torch_threads`), so the two never run more threads than chosen together.
+Several processes of one job (``torchrun``'s ``LOCAL_WORLD_SIZE`` > 1) start together and would each see the
+others as load, so ``auto`` gives each its share of the usable cores instead of sampling.
+
 The library itself (``perception.load_detector``) leaves a user's thread settings alone: call
-:func:`use_free_cores` from your own program. (The tools ``train.py`` / ``test.py`` / ``infer.py`` do not call it
-yet.)
+:func:`use_free_cores` from your own program. ``tools/test.py``, ``tools/infer.py`` and ``tools/demo.py`` take
+``--threads auto|N`` (:func:`add_threads_argument`, default ``auto``) and print the choice. ``tools/train.py`` keeps
+torch's own count (all usable cores): a training run's thread count must not depend on the load at its start,
+since reductions summed by another number of threads round differently and an exact resume needs the same ones.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
-__all__ = ["ThreadChoice", "apply_threads", "busy_cores_elsewhere", "choose_threads", "use_free_cores"]
+__all__ = [
+    "ThreadChoice",
+    "add_threads_argument",
+    "apply_threads",
+    "busy_cores_elsewhere",
+    "choose_threads",
+    "use_free_cores",
+]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +144,12 @@ def choose_threads(requested: int | str = "auto", sample_s: float = 0.2) -> Thre
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) >= 1:
         return ThreadChoice(int(env), cores, 0.0, f"{env} thread(s) from OMP_NUM_THREADS")
+    local = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    if local.isdigit() and int(local) > 1:
+        n = max(1, cores // int(local))
+        return ThreadChoice(
+            n, cores, 0.0, f"{n} thread(s): {cores} usable core(s) shared by {local} processes"
+        )
     busy = busy_cores_elsewhere(sample_s) if cores > 1 else 0.0
     n = max(1, cores - int(busy + 0.5))
     why = f"{n} thread(s): {cores} usable core(s), {busy:.1f} busy with other processes"
@@ -140,12 +158,25 @@ def choose_threads(requested: int | str = "auto", sample_s: float = 0.2) -> Thre
 
 def apply_threads(choice: ThreadChoice) -> int:
     """Set torch's intra-op thread count to ``choice.threads`` and numba's parallel kernels to match; returns it."""
+    import torch
+
     from perception.ops._backend import match_torch_threads
 
     torch.set_num_threads(choice.threads)
     n = match_torch_threads()
     log.info("threads: %s", choice.reason)
     return n
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads auto|N`` (default ``auto``) on a tool's parser; pass its value to :func:`use_free_cores`."""
+    parser.add_argument(
+        "--threads",
+        default="auto",
+        metavar="auto|N",
+        help="threads for torch and numba together; auto (default): the cores free at start-up "
+        "(perception.engine.threads)",
+    )
 
 
 def use_free_cores(requested: int | str = "auto") -> ThreadChoice:
