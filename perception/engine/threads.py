@@ -34,7 +34,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 __all__ = [
     "ThreadChoice",
     "add_threads_argument",
