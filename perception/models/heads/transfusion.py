@@ -224,7 +224,10 @@ class TransFusionHead(nn.Module):
             kernel_size=self.config.nms_kernel_size,
             exempt_classes=self.exempt_classes,
         )
-        keys = feat.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        # (B, H*W, C) contiguous: a transposed view here gives the cross-attention a key projection on strided
+        # rows, which under bf16 autocast on the CPU took a batched-matmul path with its weight copied per key
+        # (a 180 x 180 map: 2.8 s, vs 0.01 s contiguous). A channels-last map (the 2D backbone's) is one already.
+        keys = feat.flatten(2).transpose(1, 2).contiguous()
         query = keys.gather(1, index[..., None].expand(-1, -1, keys.shape[2]))
         one_hot = F.one_hot(labels, self.num_classes).to(query.dtype)
         query = query + self.class_embedding(one_hot)
