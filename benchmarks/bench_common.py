@@ -4,13 +4,16 @@ in a log, and a run's newest checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["REPO", "machine_line", "newest_checkpoint", "run_logged"]
+__all__ = ["REPO", "competing_process", "machine_line", "newest_checkpoint", "run_logged"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,3 +72,22 @@ def newest_checkpoint(ckpt_dir: Path) -> Path:
     if not found:
         raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
     return max(found)[1]
+
+
+@contextlib.contextmanager
+def competing_process(enabled: bool = True) -> Iterator[str]:
+    """A busy loop in another process pinned to the last usable core while the block runs (the benchmarks'
+    ``--compete``: one core held elsewhere, as a data loader or a second job would). Yields a one-line label."""
+    if not enabled:
+        yield "no competing process"
+        return
+    core = max(os.sched_getaffinity(0))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "while True: pass"], preexec_fn=lambda: os.sched_setaffinity(0, {core})
+    )
+    time.sleep(0.5)  # let it start spinning before any thread count is chosen
+    try:
+        yield f"a busy loop (pid {proc.pid}) pinned to core {core}"
+    finally:
+        proc.kill()
+        proc.wait()

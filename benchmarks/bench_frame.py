@@ -13,7 +13,8 @@ simulated 10-sweep 32-beam scans held in memory (their ``load`` is the range fil
 process, the stages called one by one as ``VoxelDetector.predict`` calls them; the first frame of the process is
 reported apart (``first``: numba kernels compiled or loaded from numba's on-disk cache, first torch calls), the
 steady state is the median over the next frames. Each table row also gives each stage's share of the frame.
-Run it twice to see the cached (second-process) first call. Not a test.
+Run it twice to see the cached (second-process) first call. ``--compete`` holds one core with a busy loop
+(another process) for the whole run. Not a test.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import machine_line  # noqa: E402
+from bench_common import competing_process, machine_line  # noqa: E402
 
 STAGES = ("load", "vfe", "set_partition", "dsvt", "bev_scatter", "bev_backbone", "head", "decode_nms")
 VAL_SET = ["data.root=../data/demo_detector_val", "synthetic.seed=1", "synthetic.samples=10"]
@@ -103,11 +104,17 @@ def main(argv: list[str] | None = None) -> int:
         "--large-frames", type=int, default=2, help="steady-state frames of the nuScenes-size ones"
     )
     p.add_argument("--demo-only", action="store_true", help="time the demo detector only")
+    p.add_argument("--compete", action="store_true", help="hold one core with a busy loop meanwhile")
     p.add_argument(
         "--threads", default="2", help="'auto' (the cores free now: perception.engine.threads) or a count (2)"
     )
     args = p.parse_args(argv)
+    with competing_process(args.compete) as competitor:
+        print(f"competing: {competitor}")
+        return _run(args)
 
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     import perception

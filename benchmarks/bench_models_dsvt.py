@@ -13,7 +13,9 @@ run: "GFLOP" is the backbone's matmul + attention FLOP count, and "% of mm" the 
 ``torch.mm`` (the FLOP floor). Eval mode, ``torch.inference_mode``, 2 threads, fp32 and bf16 autocast (the peer
 stays fp32); median (min-max) of ``REPEATS`` interleaved runs. Target: total at 40k pillars under 800 ms.
 
-Run: ``python benchmarks/bench_models_dsvt.py [--keep-freed-memory]``. With the flag the process first calls
+Run: ``python benchmarks/bench_models_dsvt.py [--keep-freed-memory] [--threads auto|N] [--compete]``
+(``--threads`` default 2; ``--compete``: a busy loop pinned to one core for the whole run, the row "with one core
+taken by a competing process"; ``auto`` then picks the free cores, :mod:`perception.engine.threads`). With the flag the process first calls
 :func:`perception.engine.malloc.keep_freed_memory` (as ``tools/test.py`` does), the same as raising glibc's
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``; the header says which setting the run used.
 """
@@ -27,6 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from bench_common import competing_process, machine_line
 
 from perception.models.backbones.dsvt import DSVTBackbone, build_dsvt
 from perception.models.backbones.dsvt_presets import dsvt_pillar_nuscenes
@@ -96,14 +99,26 @@ def main() -> None:
     parser.add_argument(
         "--keep-freed-memory", action="store_true", help="raise glibc's mmap / trim thresholds first"
     )
+    parser.add_argument("--threads", default="2", help="'auto' (the cores free now) or a count (2)")
+    parser.add_argument("--compete", action="store_true", help="hold one core with a busy loop meanwhile")
+    args = parser.parse_args()
+    with competing_process(args.compete) as competitor:
+        _run(args, competitor)
+
+
+def _run(args, competitor: str) -> None:  # type: ignore[no-untyped-def]
+    from perception.engine.threads import use_free_cores
+
     kept = False
-    if parser.parse_args().keep_freed_memory:
+    if args.keep_freed_memory:
         from perception.engine.malloc import keep_freed_memory
 
         kept = keep_freed_memory()
         if not kept:
             print("note: keep_freed_memory() changed nothing (not glibc, or MALLOC_* already set)")
-    torch.set_num_threads(2)
+    choice = use_free_cores(args.threads)
+    print(machine_line())
+    print(f"threads: {choice.reason}; competing: {competitor}")
     torch.manual_seed(0)
     preset = dsvt_pillar_nuscenes()
     model = build_dsvt(preset.config, input_shape=preset.input_shape).eval()
@@ -117,7 +132,7 @@ def main() -> None:
     malloc = "2^30 (keep_freed_memory)" if kept else os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default")
     frames = frame_pillars(SIZES)
     print(
-        f"DSVT-pillar backbone (nuScenes config), 2 threads, eval; MALLOC_MMAP_THRESHOLD_={malloc}; load average "
+        f"DSVT-pillar backbone (nuScenes config), {choice.threads} thread(s), eval; MALLOC_MMAP_THRESHOLD_={malloc}; load average "
         f"{os.getloadavg()[0]:.1f} at start\n"
     )
     print(
