@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.set and args.cfg_file is None:
         raise ValueError("--set overrides --cfg-file: give --cfg-file CONFIG with it")
-    print(f"threads: {use_free_cores(args.threads).reason}", file=sys.stderr)
+    print(f"threads: {use_free_cores(args.threads).reason}")
     files = find_files(args.data_path, args.ext)
     columns = None if args.columns is None else [c.strip() for c in args.columns.split(",")]
     detector = perception.load_detector(
