@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from perception.engine.threads import use_free_cores
 
     try:
-        print(f"threads: {use_free_cores(args.threads).reason}", flush=True)
+        args.thread_choice = use_free_cores(args.threads)  # logged with the run, below
         cfg = load_config(args.config, args.set)
         return _test(args, cfg)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
@@ -240,6 +240,7 @@ def _test_ranks(args: argparse.Namespace, cfg: Any, run_dir: Path, folder: Path 
     from perception.engine.paths import FileIdentity, claim_result_dir, result_name
 
     setup_logging(run_dir / "log_test.txt", info.rank)
+    logger.info("threads: %s", args.thread_choice.reason)
     split = args.split or (cfg.train.val_split if cfg.train and cfg.train.val_split else "val")
     eval_root = run_dir / "eval"
 

@@ -28,7 +28,6 @@ since reductions summed by another number of threads round differently and an ex
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -42,8 +41,6 @@ __all__ = [
     "choose_threads",
     "use_free_cores",
 ]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -156,15 +153,15 @@ def choose_threads(requested: int | str = "auto", sample_s: float = 0.2) -> Thre
 
 
 def apply_threads(choice: ThreadChoice) -> int:
-    """Set torch's intra-op thread count to ``choice.threads`` and numba's parallel kernels to match; returns it."""
+    """Set torch's intra-op thread count to ``choice.threads`` and numba's parallel kernels to match; returns it.
+
+    It logs nothing: the caller prints or logs ``choice.reason`` where its run's output goes."""
     import torch
 
     from perception.ops._backend import match_torch_threads
 
     torch.set_num_threads(choice.threads)
-    n = match_torch_threads()
-    log.info("threads: %s", choice.reason)
-    return n
+    return match_torch_threads()
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
