@@ -20,9 +20,10 @@ others as load, so ``auto`` gives each its share of the usable cores instead of 
 
 The library itself (``perception.load_detector``) leaves a user's thread settings alone: call
 :func:`use_free_cores` from your own program. ``tools/test.py``, ``tools/infer.py`` and ``tools/demo.py`` take
-``--threads auto|N`` (:func:`add_threads_argument`, default ``auto``) and print the choice. ``tools/train.py`` keeps
-torch's own count (all usable cores): a training run's thread count must not depend on the load at its start,
-since reductions summed by another number of threads round differently and an exact resume needs the same ones.
+``--threads auto|N`` (:func:`add_threads_argument`, default ``auto``) and report the choice (test.py in its run
+log). ``tools/train.py`` keeps torch's own count (all usable cores): a training run's thread count must not depend
+on the load at its start, since reductions summed by another number of threads round differently and an exact
+resume needs the same ones.
 """
 
 from __future__ import annotations
