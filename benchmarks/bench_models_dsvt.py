@@ -15,7 +15,8 @@ stays fp32); median (min-max) of ``REPEATS`` interleaved runs. Target: total at 
 
 Run: ``python benchmarks/bench_models_dsvt.py [--keep-freed-memory] [--threads auto|N] [--compete]``
 (``--threads`` default 2; ``--compete``: a busy loop pinned to one core for the whole run, the row "with one core
-taken by a competing process"; ``auto`` then picks the free cores, :mod:`perception.engine.threads`). With the flag the process first calls
+taken by a competing process"; ``auto`` then picks the free cores, :mod:`perception.engine.threads`). With
+``--keep-freed-memory`` the process first calls
 :func:`perception.engine.malloc.keep_freed_memory` (as ``tools/test.py`` does), the same as raising glibc's
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``; the header says which setting the run used.
 """

@@ -5,7 +5,7 @@ team splits each parallel region into equal static chunks, then waits at a barri
 of the cores, the thread that shares a core with it finishes its chunk late and the others spin at the barrier:
 with one of two cores held by a training job, the demo detector's frame took 1845 ms at two threads against 156 ms
 at one (``benchmarks/bench_frame.py --demo-only --threads 2`` / ``auto``). So pick the count from the cores free
-*now* (:func:`choose_threads`, ``--threads auto`` of ``benchmarks/bench_frame.py``):
+*now* (:func:`choose_threads`, ``--threads auto``, the tools' default):
 
 1. the cores this process may run on (``os.sched_getaffinity``; a cgroup CPU quota, as containers set, caps it);
 2. minus the cores that other processes kept busy over a short sample (``/proc/stat`` per CPU, 0.2 s, our own

@@ -55,11 +55,6 @@ class TaskPeaks:
             self.batch_size,
         )  # fmt: skip
 
-    def rank(self) -> torch.Tensor:
-        """int64 ``(N,)`` each peak's place in its sample's score order (0 = best)."""
-        first = torch.searchsorted(self.sample, self.sample)
-        return torch.arange(len(self), device=self.sample.device) - first
-
 
 def select_peaks(heatmap: torch.Tensor, config: CenterPointDecodeConfig, task_index: int) -> TaskPeaks:
     """The ``top_k`` peaks per sample of ``heatmap`` ``(B, C_t, H, W)`` (logits) whose score passes the threshold.
@@ -170,7 +165,7 @@ def peaks_to_decode(
     computed = torch.zeros(len(peaks), dtype=torch.bool, device=first.device)
     inside = torch.zeros_like(computed)
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []  # (indices, codes) per round
-    new = peaks.rank() < limit
+    new = torch.arange(len(peaks), device=first.device) - first < limit  # the best `limit` of each sample
     while bool(new.any()):
         index = new.nonzero()[:, 0]
         subset = peaks.subset(index)
