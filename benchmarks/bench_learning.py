@@ -13,11 +13,11 @@
 3. Training from scratch with ``tools/train.py`` (one run, same schedule throughout), stopped with
    ``--max-iterations`` at ``--evals`` evenly spaced points and resumed; the training wall time is the sum of these
    processes' wall times (start-up included). A chunk that would overrun the budget is shortened to fit.
-4. After each chunk ``tools/test.py`` scores the newest checkpoint on the fresh val split with the official
-   devkit (evaluation time is not counted as training time).
+4. After each chunk ``tools/test.py`` scores the newest checkpoint in float32 (``--precision fp32``, the same on
+   every CPU) on the fresh val split with the official devkit (evaluation time is not counted as training time).
 
-Prints a markdown table (training minutes, iterations, epochs, mAP, NDS and a few per-class APs) and writes it
-to ``OUT/bench_learning.md``. Not a test: it trains for real and takes the budget plus a few minutes.
+Prints a markdown table (training minutes, iterations, epochs, mAP, NDS, the five mean TP errors and a few
+per-class APs) and writes it to ``OUT/bench_learning.md``. Not a test: it trains for real and takes the budget plus a few minutes.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import newest_checkpoint, run_logged  # noqa: E402
 
 CLASSES_SHOWN = ("car", "pedestrian", "barrier", "traffic_cone", "bus", "bicycle")
+#: The devkit's mean true-positive errors, the part of NDS beside mAP (translation, scale, orientation, velocity,
+#: attribute).
+TP_ERRORS = ("mATE", "mASE", "mAOE", "mAVE", "mAAE")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from perception.config import load_config
     from perception.engine.data import prepare_data
+    from perception.engine.paths import FileIdentity, result_name
 
     out = args.out.absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -127,12 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = newest_checkpoint(run_dir / "ckpt")
         run_logged(
             [py, "tools/test.py", str(args.config), "--ckpt", str(ckpt), "--extra-tag", tag, "--no-progress",
-             "--set", *val_set],
+             "--precision", "fp32", "--set", *val_set],
             log,
         )  # fmt: skip
-        metrics = json.loads(
-            (run_dir / "eval" / ckpt.stem.removeprefix("checkpoint_") / "val" / "metrics.json").read_text()
-        )
+        result = run_dir / "eval" / result_name(FileIdentity.of(ckpt)) / "val"  # where tools/test.py writes
+        metrics = json.loads((result / "metrics.json").read_text())
         rows.append(
             {"minutes": trained / 60, "iterations": done, "epochs": done / iters_per_epoch, **metrics}
         )
@@ -165,7 +168,15 @@ def _table(rows: list[dict[str, object]], header: bool) -> str:
     def num(v: object) -> str:
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.3f}"  # type: ignore[arg-type]
 
-    cols = ["train min", "iterations", "epochs", "mAP", "NDS", *[f"{c} AP" for c in CLASSES_SHOWN]]
+    cols = [
+        "train min",
+        "iterations",
+        "epochs",
+        "mAP",
+        "NDS",
+        *TP_ERRORS,
+        *[f"{c} AP" for c in CLASSES_SHOWN],
+    ]
     lines = []
     if header:
         lines += ["| " + " | ".join(cols) + " |", "|" + "---:|" * len(cols)]
@@ -176,6 +187,7 @@ def _table(rows: list[dict[str, object]], header: bool) -> str:
             f"{r['epochs']:.2f}",
             num(r.get("mAP")),
             num(r.get("NDS")),
+            *[num(r.get(k)) for k in TP_ERRORS],
         ]
         vals += [num(r.get(f"{c}_AP")) for c in CLASSES_SHOWN]
         lines.append("| " + " | ".join(vals) + " |")

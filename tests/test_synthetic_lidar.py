@@ -156,3 +156,36 @@ def test_make_lidar_scan_64_beams() -> None:
 def test_make_lidar_scan_bad_input(kwargs: dict, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         make_lidar_scan(**kwargs)
+
+
+def test_lower_front_section_shows_the_heading() -> None:
+    """A car-like front (30% of the length at 60% of the height): returns stay in the annotated box, none fall in
+    the cut-away upper front, the front's roof returns are lower than the rear's, and potential counts the box."""
+    spec = _exact(hdl64e(azimuth_steps=1440))
+    pose = make_pose(np.eye(3), [0.0, 0.0, 1.73])
+    centre, dims, yaw = np.array([[7.0, 3.0, 0.9]]), np.array([[4.6, 1.9, 1.8]]), np.array([2.5])
+    box = (centre, dims, yaw)
+    plain = cast_scan(spec, pose, box, NO_CLUTTER, np.array([0.5]), np.random.default_rng(2))
+    shaped = cast_scan(
+        spec, pose, box, NO_CLUTTER, np.array([0.5]), np.random.default_rng(2), np.array([[0.3, 0.6]])
+    )
+    assert shaped.potential[0] == plain.potential[0]  # rays crossing the annotated box, either shape
+    hit = shaped.object_index == 0
+    assert shaped.hits[0] == hit.sum() > 50
+    local = transform_points(
+        invert_pose(make_pose(rot_z(2.5), centre[0] - [0, 0, 1.73])),
+        shaped.points[hit, :3].astype(np.float64),
+    )
+    assert (np.abs(local) < dims[0] / 2).all()
+    front = local[:, 0] > dims[0, 0] / 2 - 0.3 * dims[0, 0]
+    top_of_front = -dims[0, 2] / 2 + 0.6 * dims[0, 2]
+    assert front.any() and (~front).any()
+    assert (local[front, 2] < top_of_front).all(), "no return in the cut-away upper front"
+    assert local[~front, 2].max() > top_of_front + 0.5
+    # Plain boxes are unchanged by the default (no fronts); a fronts row count that does not match is refused.
+    same = cast_scan(
+        spec, pose, box, NO_CLUTTER, np.array([0.5]), np.random.default_rng(2), np.array([[0.0, 1.0]])
+    )
+    np.testing.assert_array_equal(same.points, plain.points)
+    with pytest.raises(ValueError, match="one row per object"):
+        cast_scan(spec, pose, box, NO_CLUTTER, np.array([0.5]), np.random.default_rng(2), np.zeros((2, 2)))

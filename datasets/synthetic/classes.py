@@ -2,7 +2,9 @@
 
 Sizes are ``(length, width, height)`` in metres (length along the heading): means and standard deviations close
 to the published nuScenes per-class statistics. ``reflectivity`` (0-1) drives LiDAR intensity, ``color`` (RGB)
-the camera rendering.
+the camera rendering. ``front`` gives vehicles a front that differs from their back (a lower bonnet or cab), so
+that the LiDAR sees which way they face: a box of the same heading-free shape would leave the heading ambiguous
+by 180 degrees, which real scans are not.
 """
 
 from __future__ import annotations
@@ -20,16 +22,28 @@ class ClassSpec:
     size_std: tuple[float, float, float]
     reflectivity: float
     color: tuple[int, int, int]
+    #: ``(length fraction, height fraction)``: the front ``front[0]`` of the length (along the heading) is only
+    #: ``front[1]`` of the height, standing on the box's floor; the rest is full height. ``(0, 1)``: a plain box.
+    #: The annotated box is the whole object, front section included.
+    front: tuple[float, float] = (0.0, 1.0)
 
 
 #: In the devkit's class order (``nuscenes.eval.detection.constants.DETECTION_NAMES``).
 CLASSES: tuple[ClassSpec, ...] = (
-    ClassSpec("car", "vehicle.car", (4.62, 1.95, 1.73), (0.45, 0.18, 0.22), 0.45, (200, 40, 40)),
-    ClassSpec("truck", "vehicle.truck", (6.9, 2.5, 2.85), (1.6, 0.25, 0.5), 0.40, (230, 130, 20)),
+    ClassSpec("car", "vehicle.car", (4.62, 1.95, 1.73), (0.45, 0.18, 0.22), 0.45, (200, 40, 40), (0.3, 0.6)),
+    ClassSpec(
+        "truck", "vehicle.truck", (6.9, 2.5, 2.85), (1.6, 0.25, 0.5), 0.40, (230, 130, 20), (0.3, 0.75)
+    ),
     ClassSpec("bus", "vehicle.bus.rigid", (11.2, 2.94, 3.47), (1.5, 0.12, 0.25), 0.40, (240, 210, 30)),
     ClassSpec("trailer", "vehicle.trailer", (12.3, 2.9, 3.87), (3.5, 0.25, 0.45), 0.35, (140, 90, 50)),
     ClassSpec(
-        "construction_vehicle", "vehicle.construction", (6.5, 2.8, 3.2), (1.8, 0.4, 0.6), 0.30, (250, 170, 0)
+        "construction_vehicle",
+        "vehicle.construction",
+        (6.5, 2.8, 3.2),
+        (1.8, 0.4, 0.6),
+        0.30,
+        (250, 170, 0),
+        (0.35, 0.6),
     ),
     ClassSpec(
         "pedestrian", "human.pedestrian.adult", (0.73, 0.67, 1.77), (0.12, 0.1, 0.12), 0.25, (40, 90, 220)

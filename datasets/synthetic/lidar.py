@@ -2,7 +2,8 @@
 
 Each sweep fires ``beams x azimuth_steps`` rays from the sensor origin (the whole revolution is treated as
 instantaneous at the sweep's timestamp). A ray returns the nearest of: the ground plane (global z = 0), a clutter
-box (walls, poles) or an object box. Object returns are moved ``surface_inset`` metres along the ray into the
+box (walls, poles) or an object. An object is its annotated box, or, where the class has a lower front (bonnet,
+cab: ``ClassSpec.front``), two boxes inside it: the full-height rear and the lower front. Object returns are moved ``surface_inset`` metres along the ray into the
 box (clamped into the box), so every object return lies strictly inside its box; other returns get Gaussian
 range noise. Rays beyond ``max_range`` (or closer than ``min_range``) and a random ``dropout`` fraction give no
 return. Intensity (0-255) follows the surface reflectivity, the incidence angle and the range.
@@ -57,6 +58,7 @@ def cast_scan(
     clutter: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     reflectivity: np.ndarray,
     rng: np.random.Generator,
+    fronts: np.ndarray | None = None,
 ) -> LidarScan:
     """Ray-cast one sweep.
 
@@ -67,6 +69,9 @@ def cast_scan(
         clutter: static boxes: centres (C, 3), dims (C, 3), yaws (C,), reflectivity (C,).
         reflectivity: (K,) object reflectivity in [0, 1].
         rng: source of phase, dropout, range and intensity noise.
+        fronts: (K, 2) per object ``(length fraction, height fraction)`` of a lower front section (see
+            ``ClassSpec.front``); ``None`` or ``(0, 1)`` rows: plain boxes. ``potential`` counts rays crossing
+            the annotated box either way.
     """
     _check_level(sensor_pose)
     num_obj = len(boxes[0])
@@ -76,6 +81,15 @@ def cast_scan(
     yaws = np.concatenate([boxes[2], clutter[2]]) - sensor_yaw
     refl = np.concatenate([reflectivity, clutter[3]])
     centers_s = transform_points(invert_pose(sensor_pose), centers)
+    # What the rays are cast against: (centre, dims, yaw, owner, casts, counts potential) per box.
+    shapes = [(centers_s[k], dims[k], yaws[k], k, True, k < num_obj) for k in range(len(centers))]
+    if fronts is not None:
+        fronts = np.asarray(fronts, dtype=np.float64).reshape(-1, 2)
+        if len(fronts) != num_obj:
+            raise ValueError(f"fronts must have one row per object ({num_obj}), got {len(fronts)}")
+        for k in np.nonzero((fronts[:, 0] > 0) & (fronts[:, 1] < 1))[0]:
+            shapes[k] = shapes[k][:4] + (False, True)
+            shapes.extend(_split_front(centers_s[k], dims[k], yaws[k], fronts[k], int(k)))
     height = float(sensor_pose[2, 3])
 
     elev = np.sort(np.deg2rad(np.asarray(spec.elevations_deg)))
@@ -95,10 +109,9 @@ def cast_scan(
     best_cos = np.broadcast_to(np.abs(sin_el), shape).copy()
     potential = np.zeros(num_obj, dtype=np.int64)
 
-    for k in range(len(centers)):
-        cx, cy, cz = centers_s[k]
-        half = dims[k] / 2.0
-        c, s = np.cos(yaws[k]), np.sin(yaws[k])
+    for (cx, cy, cz), box_dims, yaw, k, casts, counts in shapes:
+        half = box_dims / 2.0
+        c, s = np.cos(yaw), np.sin(yaw)
         ox, oy = -(c * cx + s * cy), -(-s * cx + c * cy)  # sensor origin in the box frame
         if abs(ox) <= half[0] and abs(oy) <= half[1]:
             cols = np.arange(spec.azimuth_steps)
@@ -110,7 +123,7 @@ def cast_scan(
             lo = int(np.floor((centre_az + rel.min() - phase) / step))
             hi = int(np.ceil((centre_az + rel.max() - phase) / step))
             cols = np.arange(lo, min(hi, lo + spec.azimuth_steps - 1) + 1) % spec.azimuth_steps
-        az_local = az[cols] - yaws[k]
+        az_local = az[cols] - yaw
         d = (
             cos_el * np.cos(az_local),
             cos_el * np.sin(az_local),
@@ -124,8 +137,10 @@ def cast_scan(
             far = np.minimum.reduce([np.maximum(t_lo[a], t_hi[a]) for a in range(3)])
         t_near = near.max(axis=0)
         hit = (t_near <= far) & (t_near > 0.0)
-        if k < num_obj:
+        if counts:
             potential[k] = int(np.count_nonzero(hit & (t_near <= spec.max_range) & ~dropped[:, cols]))
+        if not casts:
+            continue
         closer = hit & (t_near < best_t[:, cols])
         if not closer.any():
             continue
@@ -176,6 +191,21 @@ def cast_scan(
     return LidarScan(points.astype(np.float32), obj_index, hits, potential)
 
 
+def _split_front(
+    center: np.ndarray, dims: np.ndarray, yaw: float, front: np.ndarray, owner: int
+) -> list[tuple[np.ndarray, np.ndarray, float, int, bool, bool]]:
+    """The full-height rear and the lower front of a box (sensor frame) as two boxes cast for ``owner``."""
+    length, width, height = (float(v) for v in dims)
+    f_len, f_height = float(front[0]) * length, float(front[1]) * height
+    heading = np.array([np.cos(yaw), np.sin(yaw), 0.0])
+    rear_c = center - heading * (f_len / 2.0)
+    front_c = center + heading * ((length - f_len) / 2.0) - np.array([0.0, 0.0, (height - f_height) / 2.0])
+    return [
+        (rear_c, np.array([length - f_len, width, height]), yaw, owner, True, False),
+        (front_c, np.array([f_len, width, f_height]), yaw, owner, True, False),
+    ]
+
+
 def scan_scene(
     scene: Scene, t: float, spec: LidarSpec, mount: np.ndarray, rng: np.random.Generator
 ) -> LidarScan:
@@ -184,6 +214,7 @@ def scan_scene(
 
     centers, dims, yaws, _ = scene.boxes(t)
     refl = np.array([CLASSES[o.cls].reflectivity for o in scene.objects])
+    fronts = np.array([CLASSES[o.cls].front for o in scene.objects], dtype=np.float64).reshape(-1, 2)
     cl = scene.clutter
     return cast_scan(
         spec,
@@ -192,6 +223,7 @@ def scan_scene(
         (cl.centers, cl.dims, cl.yaws, cl.reflectivity),
         refl,
         rng,
+        fronts,
     )
 
 
