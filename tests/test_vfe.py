@@ -56,8 +56,10 @@ def reference_dynamic(vfe, points, bidx, pillar):  # type: ignore[no-untyped-def
             ],
             dtype=torch.float64,
         )
+        scale = vfe.config.feature_scale
         for j, p in enumerate(pts):
-            raw = p if vfe.use_absolute_xyz else p[3:]
+            extra = p[3:] if scale is None else p[3:] * torch.tensor(scale, dtype=torch.float64)
+            raw = torch.cat([p[:3], extra]) if vfe.use_absolute_xyz else extra
             parts = [raw, p[:3] - mean, p[:3] - centre]
             if vfe.with_distance:
                 parts.append(p[:3].norm().reshape(1))
@@ -149,6 +151,8 @@ def test_mean_vfe_empty_and_validation() -> None:
         (False, {"filters": (8, 6)}),
         (False, {"filters": (4, 8, 6), "reduce": "mean", "with_distance": True}),
         (True, {"filters": (6,), "use_absolute_xyz": False, "use_norm": False}),
+        (True, {"filters": (8, 6), "feature_scale": (0.01, 5.0)}),
+        (False, {"filters": (6,), "use_absolute_xyz": False, "feature_scale": (0.5, 2.0)}),
     ],
 )
 @pytest.mark.parametrize("train", [True, False])
@@ -250,6 +254,14 @@ def test_validation_errors() -> None:
         DynamicVFEConfig(filters=(5, 4))
     with pytest.raises(ValueError, match="filters"):
         DynamicVFEConfig(filters=())
+    with pytest.raises(ValueError, match="feature_scale must have 2 values"):
+        make_vfe(True, filters=(4,), feature_scale=(1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="greater than 0"):
+        DynamicVFEConfig(filters=(4,), feature_scale=(0.0, 1.0))
+    # the scale is the config's, not a weight: not in the state dict
+    assert not any(
+        "feature_scale" in k for k in make_vfe(True, filters=(4,), feature_scale=(1.0, 2.0)).state_dict()
+    )
     vfe = make_vfe(False, filters=(4,))
     with pytest.raises(ValueError, match=r"\(N, 5\)"):
         vfe(torch.zeros(3, 4))

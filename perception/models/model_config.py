@@ -37,7 +37,7 @@ from typing import Annotated, Literal, Protocol
 
 from pydantic import Field, Strict, model_validator
 
-from perception.config_types import Bool, NonNegInt, OneOf, PosInt, StrictSection
+from perception.config_types import Bool, NonNegInt, OneOf, PositiveFloat, PosInt, StrictSection
 from perception.grid import VoxelGrid
 from perception.shapes import MapShape, SparseShape
 
@@ -111,6 +111,11 @@ class DynamicVFEConfig(StrictSection):
         with_distance: append the point's distance to the origin.
         use_norm: BatchNorm1d after each bias-free Linear (else a Linear with bias).
         reduce: per-voxel reduction of every layer, ``"max"`` or ``"mean"``.
+        feature_scale: ``C - 3`` multipliers (> 0) of the point columns after x, y, z as the encoder reads them,
+            e.g. ``[0.01, 5.0]`` for nuScenes' ``[intensity (0-255), time_lag (0-0.45 s)]``: brings them to the
+            scale of the geometric features so that a short training can use them (a 0.2 s time lag beside a
+            0-255 intensity is invisible to the first layer for thousands of steps). The geometry (xyz and the
+            offsets) is not scaled. ``None`` (default): as loaded, like OpenPCDet.
     """
 
     filters: tuple[PosInt, ...] = Field(min_length=1)
@@ -118,6 +123,7 @@ class DynamicVFEConfig(StrictSection):
     with_distance: Bool = False
     use_norm: Bool = True
     reduce: Literal["max", "mean"] = "max"
+    feature_scale: tuple[PositiveFloat, ...] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DynamicVFEConfig:

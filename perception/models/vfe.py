@@ -178,6 +178,19 @@ class _DynamicVFE(nn.Module):
         self.use_absolute_xyz = config.use_absolute_xyz
         self.with_distance = config.with_distance
         self.backend = backend
+        scale = config.feature_scale
+        if scale is not None and len(scale) != num_point_features - 3:
+            raise ValueError(
+                f"feature_scale must have {num_point_features - 3} values (the point columns after x, y, z of "
+                f"num_point_features={num_point_features}), got {list(scale)}"
+            )
+        # (C - 3,) or None; not in the state dict: it is the config's
+        self.feature_scale: torch.Tensor | None
+        self.register_buffer(
+            "feature_scale",
+            None if scale is None else torch.tensor(scale, dtype=torch.float32),
+            persistent=False,
+        )
         filters = list(config.filters)
         in_channels = (
             num_point_features + (6 if config.use_absolute_xyz else 3) + (1 if config.with_distance else 0)
@@ -265,7 +278,12 @@ class _DynamicVFE(nn.Module):
             ],
             dim=1,
         )
-        parts = [pts if self.use_absolute_xyz else pts[:, 3:], f_cluster, xyz - centre]
+        if self.feature_scale is None:
+            parts = [pts if self.use_absolute_xyz else pts[:, 3:]]
+        else:
+            extra = pts[:, 3:] * self.feature_scale
+            parts = [xyz, extra] if self.use_absolute_xyz else [extra]
+        parts += [f_cluster, xyz - centre]
         if self.with_distance:
             parts.append(torch.linalg.vector_norm(xyz, dim=1, keepdim=True))
         x = torch.cat(parts, dim=1)
