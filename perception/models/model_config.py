@@ -37,7 +37,7 @@ from typing import Annotated, Literal, Protocol
 
 from pydantic import Field, Strict, model_validator
 
-from perception.config_types import Bool, NonNegInt, OneOf, PositiveFloat, PosInt, StrictSection
+from perception.config_types import Bool, NonNegInt, OneOf, PosInt, PositiveFloat, StrictSection
 from perception.grid import VoxelGrid
 from perception.shapes import MapShape, SparseShape
 
