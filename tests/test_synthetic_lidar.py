@@ -189,3 +189,6 @@ def test_lower_front_section_shows_the_heading() -> None:
     np.testing.assert_array_equal(same.points, plain.points)
     with pytest.raises(ValueError, match="one row per object"):
         cast_scan(spec, pose, box, NO_CLUTTER, np.array([0.5]), np.random.default_rng(2), np.zeros((2, 2)))
+    for bad in ([[1.0, 0.5]], [[0.3, 0.0]], [[np.nan, 0.5]], [[-0.1, 0.5]]):
+        with pytest.raises(ValueError, match="fronts rows"):
+            cast_scan(spec, pose, box, NO_CLUTTER, np.array([0.5]), np.random.default_rng(2), np.array(bad))

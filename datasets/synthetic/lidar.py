@@ -3,10 +3,10 @@
 Each sweep fires ``beams x azimuth_steps`` rays from the sensor origin (the whole revolution is treated as
 instantaneous at the sweep's timestamp). A ray returns the nearest of: the ground plane (global z = 0), a clutter
 box (walls, poles) or an object. An object is its annotated box, or, where the class has a lower front (bonnet,
-cab: ``ClassSpec.front``), two boxes inside it: the full-height rear and the lower front. Object returns are moved ``surface_inset`` metres along the ray into the
-box (clamped into the box), so every object return lies strictly inside its box; other returns get Gaussian
-range noise. Rays beyond ``max_range`` (or closer than ``min_range``) and a random ``dropout`` fraction give no
-return. Intensity (0-255) follows the surface reflectivity, the incidence angle and the range.
+cab: ``ClassSpec.front``), two boxes inside it: the full-height rear and the lower front. Object returns are
+moved ``surface_inset`` metres along the ray into the box (clamped into the box), so every object return lies
+strictly inside its box; other returns get Gaussian range noise. Rays beyond ``max_range`` (or closer than
+``min_range``) and a random ``dropout`` fraction give no return. Intensity (0-255) follows the surface reflectivity, the incidence angle and the range.
 """
 
 from __future__ import annotations
@@ -87,6 +87,8 @@ def cast_scan(
         fronts = np.asarray(fronts, dtype=np.float64).reshape(-1, 2)
         if len(fronts) != num_obj:
             raise ValueError(f"fronts must have one row per object ({num_obj}), got {len(fronts)}")
+        if not ((fronts[:, 0] >= 0) & (fronts[:, 0] < 1) & (fronts[:, 1] > 0) & (fronts[:, 1] <= 1)).all():
+            raise ValueError("fronts rows must be (length fraction in [0, 1), height fraction in (0, 1])")
         for k in np.nonzero((fronts[:, 0] > 0) & (fronts[:, 1] < 1))[0]:
             shapes[k] = shapes[k][:4] + (False, True)
             shapes.extend(_split_front(centers_s[k], dims[k], yaws[k], fronts[k], int(k)))
