@@ -1,6 +1,7 @@
 """nuScenes detection dataset: info records (:mod:`.nuscenes_infos`) -> :class:`~perception.structures.Sample`.
 
-Points: the keyframe ``LIDAR_TOP`` scan plus up to ``max_sweeps - 1`` earlier sweeps, each moved into the
+Points: the keyframe ``LIDAR_TOP`` scan plus up to ``max_sweeps - 1`` earlier sweeps (every ``sweep_stride``-th
+of the 20 Hz chain, :func:`~perception.formats.nuscenes_points.pick_sweeps`), each moved into the
 keyframe's LiDAR frame with its recorded transform; channels ``x, y, z, intensity, time_lag`` (seconds before
 the keyframe, 0 for the keyframe). As OpenPCDet does, sweep points within 1 m of the sensor in x **and** y
 (returns from the ego vehicle's own body, which move with the car and would smear) are removed before the
@@ -37,7 +38,7 @@ import torch
 
 from perception.formats.nuscenes_infos import CameraInfo, NuScenesInfo, infos_path, load_nuscenes_infos
 from perception.formats.nuscenes_names import CAMERA_ORDER, NUSCENES_POINT_CHANNELS
-from perception.formats.nuscenes_points import load_lidar_points
+from perception.formats.nuscenes_points import load_lidar_points, pick_sweeps, sweep_chain
 from perception.grid import VoxelGrid
 from perception.structures import Boxes3D, CameraRig, Points, Sample
 
@@ -57,11 +58,14 @@ class NuScenesDataset(DetectionDataset):
             + ``split`` (+ ``info_sweeps``) to find it.
         root: the dataroot (default: the info file's folder).
         version, split, info_sweeps: which info file when ``infos_path`` is None (``split`` ``train`` / ``val``;
-            ``info_sweeps`` the ``--max-sweeps`` it was built with, default ``max_sweeps``).
+            ``info_sweeps`` the chain it lists, default ``sweep_chain(max_sweeps, sweep_stride)``).
         class_names: detector classes (nuScenes detection names); label ``i`` is ``class_names[i]``.
         grid: the model's voxel grid (``cfg.data.grid``, a :class:`~perception.grid.VoxelGrid`); points and box
             centres outside it (LiDAR frame) are dropped, by the voxelizer's rule.
-        max_sweeps: sweeps per sample including the keyframe (<= what the infos hold).
+        max_sweeps: sweeps per sample including the keyframe.
+        sweep_stride: merge every ``sweep_stride``-th sweep of the info's 20 Hz chain
+            (:func:`~perception.formats.nuscenes_points.pick_sweeps`); the infos must list
+            ``1 + (max_sweeps - 1) * sweep_stride`` scans.
         use_cameras: load the camera images and their :class:`CameraRig`.
         images: how (network size, resize, cameras off, missing files); None: ``ImageLoader()``, the files'
             resolution (all cameras must then share one size).
@@ -84,6 +88,7 @@ class NuScenesDataset(DetectionDataset):
         split: str | None = None,
         info_sweeps: int | None = None,
         max_sweeps: int = 1,
+        sweep_stride: int = 1,
         use_cameras: bool = False,
         images: ImageLoader | None = None,
         mode: Mode = "train",
@@ -95,16 +100,16 @@ class NuScenesDataset(DetectionDataset):
         check_mode(mode)
         if missing_sweeps not in ("error", "skip"):
             raise ValueError(f"missing_sweeps must be 'error' or 'skip', got {missing_sweeps!r}")
-        if not isinstance(max_sweeps, int) or max_sweeps < 1:
-            raise ValueError(f"max_sweeps must be an int >= 1 (keyframe included), got {max_sweeps!r}")
+        chain = sweep_chain(max_sweeps, sweep_stride)  # validates both
         if infos_path is None:
             if root is None or version is None or split is None:
                 raise ValueError("give infos_path, or root, version and split")
-            infos_path = infos_path_for(root, version, info_sweeps or max_sweeps, split)
+            infos_path = infos_path_for(root, version, info_sweeps or chain, split)
         self.infos, built_sweeps = load_nuscenes_infos(infos_path)
-        if max_sweeps > built_sweeps:
+        if chain > built_sweeps:
+            at = f" at sweep_stride {sweep_stride} (a chain of {chain} scans)" if sweep_stride != 1 else ""
             raise ValueError(
-                f"max_sweeps={max_sweeps} but {infos_path} was built with --max-sweeps {built_sweeps}"
+                f"max_sweeps={max_sweeps}{at} but {infos_path} was built with --max-sweeps {built_sweeps}"
             )
         self.root = Path(root) if root is not None else Path(infos_path).parent
         self._setup_common(
@@ -114,7 +119,7 @@ class NuScenesDataset(DetectionDataset):
             transforms=transforms,
             seed=seed,
         )
-        self.max_sweeps, self.use_cameras = max_sweeps, bool(use_cameras)
+        self.max_sweeps, self.sweep_stride, self.use_cameras = max_sweeps, sweep_stride, bool(use_cameras)
         self.images = images if images is not None else ImageLoader()
         self._camera_names, self._camera_fallback = _camera_table(self.infos)
         if self.use_cameras:
@@ -158,11 +163,10 @@ class NuScenesDataset(DetectionDataset):
 
     def _load_points(self, info: NuScenesInfo) -> np.ndarray:
         try:
-            return load_lidar_points(self.root, info, self.max_sweeps, self.missing_sweeps)
+            return load_lidar_points(self.root, info, self.max_sweeps, self.missing_sweeps, self.sweep_stride)
         except FileNotFoundError:
-            missing = [
-                s.path for s in info.sweeps[: self.max_sweeps - 1] if not (self.root / s.path).is_file()
-            ]
+            picked = pick_sweeps(info.sweeps, self.max_sweeps, self.sweep_stride)
+            missing = [s.path for s in picked if not (self.root / s.path).is_file()]
             if not (self.root / info.lidar_path).is_file() or not missing:
                 raise  # the keyframe: no setting helps
             raise FileNotFoundError(

@@ -1,12 +1,14 @@
 """Writing the nuScenes info files: what ``tools/create_data.py nuscenes`` runs.
 
-Output inside the dataroot, for ``version`` and ``N = max_sweeps`` (file names, the record and the file format:
+Output inside the dataroot, for ``version``, ``M = max_sweeps`` and ``S = sweep_stride`` (``N = 1 + (M - 1) S``
+scans of the chain, ``N = M`` at stride 1; file names, the record and the file format:
 :mod:`perception.formats.nuscenes_infos`):
 
 * ``nuscenes_infos_<version>_<N>sweeps_train.pkl`` and ``..._val.pkl``;
-* ``nuscenes_gt_database_<version>_<N>sweeps/`` -- GT database (:mod:`perception.datasets.gt_database`) of the
-  train split. As OpenPCDet does, each object's points are cut from the **multi-sweep** cloud (keyframe plus up to
-  ``N - 1`` earlier sweeps moved into the keyframe's LiDAR frame, channels ``x y z intensity time_lag``), so
+* ``nuscenes_gt_database_<version>_<M>sweeps/`` (``..._<M>sweeps_stride<S>/`` when S > 1) -- GT database
+  (:mod:`perception.datasets.gt_database`) of the train split. As OpenPCDet does, each object's points are cut
+  from the **multi-sweep** cloud (keyframe plus up to ``M - 1`` earlier sweeps, every S-th, moved into the
+  keyframe's LiDAR frame, channels ``x y z intensity time_lag``), so
   pasted objects look like the scans they are pasted into. Annotations of categories outside the ten detection
   classes are not stored;
 * ``.perception_cache/`` -- per-sample part files that make an interrupted run resumable (safe to delete),
@@ -45,7 +47,7 @@ from perception.formats.nuscenes_infos import (
     split_names,
 )
 from perception.formats.nuscenes_names import NUSCENES_POINT_CHANNELS
-from perception.formats.nuscenes_points import load_lidar_points
+from perception.formats.nuscenes_points import load_lidar_points, pick_sweeps, sweep_chain
 
 from .gt_database import GTDatabaseEntry, GTObject, write_sample_objects
 from .info_split import SampleInputs, SplitStats, build_split, inputs_digest, record_digester, task_result
@@ -89,17 +91,20 @@ def _recording_reads(nusc: NuScenes) -> Iterator[set[tuple[str, str]]]:
         del nusc.get
 
 
-def _sample_task(root: str, version: str, max_sweeps: int, db_dir: str | None, token: str) -> dict[str, Any]:
+def _sample_task(
+    root: str, version: str, max_sweeps: int, sweep_stride: int, db_dir: str | None, token: str
+) -> dict[str, Any]:
     nusc = _devkit(root, version)
     with _recording_reads(nusc) as reads:
-        info, dropped = make_nuscenes_info(nusc, token, max_sweeps)
-    points = (info.lidar_path, *(s.path for s in info.sweeps)) if db_dir is not None else ()
+        info, dropped = make_nuscenes_info(nusc, token, sweep_chain(max_sweeps, sweep_stride))
+    picked = pick_sweeps(info.sweeps, max_sweeps, sweep_stride)
+    points = (info.lidar_path, *(s.path for s in picked)) if db_dir is not None else ()
     inputs = SampleInputs(stat=points, records=tuple(sorted(reads)))
     digest = inputs_digest(Path(root), inputs, record_digester(nusc.get))  # before the points are read
     entries: list[GTDatabaseEntry] = []
     if db_dir is not None:
         keep = info.gt_names != IGNORE
-        points = load_lidar_points(Path(root), info, max_sweeps)
+        points = load_lidar_points(Path(root), info, max_sweeps, sweep_stride=sweep_stride)
         crops = crop_box_points(points, info.gt_boxes[keep])
         objects = [
             GTObject(str(name), box.copy(), pts, 0, token)
@@ -127,12 +132,18 @@ def create_nuscenes_infos(
     version: str,
     *,
     max_sweeps: int = 10,
+    sweep_stride: int = 1,
     workers: int = 0,
     progress: bool = True,
     with_gt_database: bool = True,
 ) -> dict[str, SplitStats]:
     """Write the train / val info files and the train GT database inside ``root``; resumable, and a sample whose
     inputs changed is computed again.
+
+    ``max_sweeps`` scans (keyframe included) are merged per sample, every ``sweep_stride``-th of the 20 Hz chain
+    (:func:`~perception.formats.nuscenes_points.pick_sweeps`); the infos list the whole chain this needs
+    (:func:`~perception.formats.nuscenes_points.sweep_chain` scans, the ``N`` of their file names) and the GT
+    database holds the objects cut from the picked clouds (:func:`gt_database_dir` of both settings).
 
     Returns:
         ``{"train" | "val": SplitStats}`` (samples computed now / reused from an earlier run / computed because
@@ -144,13 +155,18 @@ def create_nuscenes_infos(
     """
     if not isinstance(max_sweeps, int) or not 1 <= max_sweeps <= 30:
         raise ValueError(f"max_sweeps must be an int in [1, 30] (keyframe included), got {max_sweeps!r}")
+    chain = sweep_chain(max_sweeps, sweep_stride)
+    if chain > 30:
+        raise ValueError(
+            f"max_sweeps {max_sweeps} at sweep_stride {sweep_stride} needs a chain of {chain} scans; at most 30"
+        )
     names = split_names(version)
     root = Path(root).resolve()
     _check_dataroot(root, version)
     nusc = _devkit(str(root), version)
     record = record_digester(nusc.get)
     splits = create_splits_scenes()
-    db_dir = gt_database_dir(root, version, max_sweeps)
+    db_dir = gt_database_dir(root, version, max_sweeps, sweep_stride)
     stats: dict[str, SplitStats] = {}
     for split, devkit_split in zip(("train", "val"), names, strict=True):
         wanted = set(splits[devkit_split])
@@ -169,24 +185,27 @@ def create_nuscenes_infos(
                 "v": FORMAT_VERSION,
                 "cache": _CACHE_VERSION,
                 "ver": version,
-                "s": max_sweeps,
+                "s": chain,
                 "db": with_db,
+                **({"stride": sweep_stride} if sweep_stride != 1 else {}),
             }
         )
-        task = partial(_sample_task, str(root), version, max_sweeps, str(db_dir) if with_db else None)
+        task = partial(
+            _sample_task, str(root), version, max_sweeps, sweep_stride, str(db_dir) if with_db else None
+        )
         header = {
             "format": INFO_FORMAT,
             "format_version": FORMAT_VERSION,
             "version": version,
             "split": split,
-            "max_sweeps": max_sweeps,
+            "max_sweeps": chain,
         }
         stats[split] = build_split(
             tokens,
             task,
             root / ".perception_cache" / f"nuscenes_{split}_{key}",
             root=root,
-            info_path=infos_path(root, version, max_sweeps, split),
+            info_path=infos_path(root, version, chain, split),
             header=header,
             db_dir=db_dir if with_db else None,
             point_channels=NUSCENES_POINT_CHANNELS,

@@ -92,6 +92,11 @@ class DataConfig(StrictSection):
         voxel_size: metres, ``(vx, vy, vz)``, each > 0; every range extent is an integer multiple of it
             (within :data:`perception.grid.GRID_TOLERANCE`); the grid itself is :attr:`grid`.
         max_sweeps: LiDAR sweeps per sample including the keyframe (nuScenes: usually 10; KITTI: 1).
+        sweep_stride: nuScenes, merge every ``sweep_stride``-th sweep of the 20 Hz chain (default 1: the newest
+            ``max_sweeps - 1``); e.g. ``max_sweeps: 2`` with ``sweep_stride: 9`` merges the scan 0.45 s before the
+            keyframe, a longer baseline for velocity at the points of one extra sweep. The infos then list
+            ``1 + (max_sweeps - 1) * sweep_stride`` scans (:func:`perception.formats.nuscenes_points.pick_sweeps`).
+            Must be 1 for KITTI.
         use_cameras: load camera images and calibration alongside the points.
         missing_sweeps: nuScenes, a sweep file that is missing on disk: ``error`` (default; the message names
             the file and the sample) or ``skip`` (leave that sweep out, with a warning); e.g.
@@ -109,6 +114,7 @@ class DataConfig(StrictSection):
     point_cloud_range: tuple[Float, Float, Float, Float, Float, Float]
     voxel_size: tuple[PositiveFloat, PositiveFloat, PositiveFloat]
     max_sweeps: Int = Field(default=1, ge=1)
+    sweep_stride: Int = Field(default=1, ge=1)
     use_cameras: Bool = False
     missing_sweeps: Literal["error", "skip"] = "error"
     images: ImagesConfig | None = None
@@ -122,6 +128,8 @@ class DataConfig(StrictSection):
             raise ValueError(
                 f"version must be one of {list(NUSCENES_VERSIONS)} for nuscenes, got {self.version!r}"
             )
+        if self.dataset == "kitti" and self.sweep_stride != 1:
+            raise ValueError(f"sweep_stride must be 1 for kitti (single scans), got {self.sweep_stride}")
         self.grid.check_whole_voxels()  # VoxelGrid validates the range; ValueError names the axis
         return self
 

@@ -16,6 +16,7 @@ from nuscenes import NuScenes
 from perception.datasets.nuscenes import NuScenesDataset, infos_path_for
 from perception.datasets.nuscenes_infos import create_nuscenes_infos
 from perception.evaluation.nuscenes import NuScenesMetrics
+from perception.formats.nuscenes_points import pick_sweeps, sweep_chain
 from perception.grid import VoxelGrid
 from perception.structures import Detections, Sample
 from perception.viz.frames import LidarAxes, lidar_axes
@@ -68,23 +69,41 @@ class LoadedSample:
 
 
 def load_demo_sample(
-    root: Path, version: str, class_names: Sequence[str], grid: VoxelGrid, max_sweeps: int
+    root: Path,
+    version: str,
+    class_names: Sequence[str],
+    grid: VoxelGrid,
+    max_sweeps: int,
+    sweep_stride: int = 1,
 ) -> LoadedSample:
     """Load the first keyframe of the validation split (``mini_val`` / ``val``) through the dataset.
 
-    Creates the info files of ``max_sweeps`` in ``root`` first when they are missing
-    (:func:`~perception.datasets.nuscenes_infos.create_nuscenes_infos`, without the GT database). Cameras are
-    loaded when the keyframe has any.
+    Creates the info files of ``max_sweeps`` at ``sweep_stride`` (the config's ``data`` keys) in ``root`` first
+    when they are missing (:func:`~perception.datasets.nuscenes_infos.create_nuscenes_infos`, without the GT
+    database). Cameras are loaded when the keyframe has any.
 
     Raises:
         ValueError: the validation split has no sample.
     """
     root = Path(root)
-    path = infos_path_for(root, version, max_sweeps, "val")
+    path = infos_path_for(root, version, sweep_chain(max_sweeps, sweep_stride), "val")
     if not path.is_file():
-        create_nuscenes_infos(root, version, max_sweeps=max_sweeps, progress=False, with_gt_database=False)
+        create_nuscenes_infos(
+            root,
+            version,
+            max_sweeps=max_sweeps,
+            sweep_stride=sweep_stride,
+            progress=False,
+            with_gt_database=False,
+        )
     dataset = NuScenesDataset(
-        infos_path=path, root=root, class_names=class_names, grid=grid, max_sweeps=max_sweeps, mode="val"
+        infos_path=path,
+        root=root,
+        class_names=class_names,
+        grid=grid,
+        max_sweeps=max_sweeps,
+        sweep_stride=sweep_stride,
+        mode="val",
     )
     if len(dataset) == 0:
         raise ValueError(f"{path} holds no sample")
@@ -96,7 +115,7 @@ def load_demo_sample(
     return LoadedSample(
         sample=sample,
         scene_name=info.scene_name,
-        num_sweeps=1 + len(info.sweeps[: max_sweeps - 1]),
+        num_sweeps=1 + len(pick_sweeps(info.sweeps, max_sweeps, sweep_stride)),
         max_sweeps=max_sweeps,
         num_keyframe_points=int((sample.points.channel("time_lag") == 0).sum()),
         num_lidar_pts=[int(n) for n in info.num_lidar_pts[kept]],

@@ -129,6 +129,12 @@ def _add_nuscenes(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-sweeps", type=int, default=10, help="LiDAR sweeps per sample incl. the keyframe (default 10)"
     )
+    p.add_argument(
+        "--sweep-stride",
+        type=int,
+        default=1,
+        help="merge every N-th sweep of the 20 Hz chain (data.sweep_stride; default 1: the newest ones)",
+    )
     _add_info_run_args(p)
     p.set_defaults(func=_run_nuscenes)
 
@@ -136,12 +142,14 @@ def _add_nuscenes(sub: argparse._SubParsersAction) -> None:
 def _run_nuscenes(args: argparse.Namespace) -> int:
     from perception.datasets.nuscenes_infos import create_nuscenes_infos
     from perception.formats.nuscenes_infos import gt_database_dir, infos_path
+    from perception.formats.nuscenes_points import sweep_chain
 
     start = time.perf_counter()
     stats = create_nuscenes_infos(
         args.root,
         args.version,
         max_sweeps=args.max_sweeps,
+        sweep_stride=args.sweep_stride,
         workers=args.workers,
         progress=not args.quiet,
         with_gt_database=not args.no_gt_database,
@@ -149,8 +157,12 @@ def _run_nuscenes(args: argparse.Namespace) -> int:
     _report(
         stats,
         "sample",
-        lambda split: infos_path(args.root, args.version, args.max_sweeps, split),
-        None if args.no_gt_database else gt_database_dir(args.root, args.version, args.max_sweeps),
+        lambda split: infos_path(
+            args.root, args.version, sweep_chain(args.max_sweeps, args.sweep_stride), split
+        ),
+        None
+        if args.no_gt_database
+        else gt_database_dir(args.root, args.version, args.max_sweeps, args.sweep_stride),
         start,
     )
     return 0

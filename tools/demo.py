@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     from perception.demo_scene import load_demo_sample, summarize, write_pictures
 
     t1 = time.perf_counter()
-    loaded = load_demo_sample(root, version, cfg.data.class_names, cfg.data.grid, cfg.data.max_sweeps)
+    loaded = load_demo_sample(
+        root, version, cfg.data.class_names, cfg.data.grid, cfg.data.max_sweeps, cfg.data.sweep_stride
+    )
     t_load = time.perf_counter() - t1
     bev, cams = write_pictures(loaded, cfg.data.point_cloud_range, args.out)
     print(summarize(loaded, t_gen, t_load))

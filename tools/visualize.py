@@ -55,13 +55,14 @@ def build_dataset(cfg: Any, split: str) -> Any:
     )
     if data.dataset == "nuscenes":
         from perception.datasets.nuscenes import NuScenesDataset, infos_path_for
+        from perception.formats.nuscenes_points import sweep_chain
 
-        path = infos_path_for(data.root, data.version, data.max_sweeps, split)
+        path = infos_path_for(data.root, data.version, sweep_chain(data.max_sweeps, data.sweep_stride), split)
         _check_infos(path, f"tools/create_data.py nuscenes --root {data.root} --version {data.version} "
-                     f"--max-sweeps {data.max_sweeps}")  # fmt: skip
+                     f"--max-sweeps {data.max_sweeps} --sweep-stride {data.sweep_stride}")  # fmt: skip
         return NuScenesDataset(
-            infos_path=path, root=data.root, max_sweeps=data.max_sweeps, missing_sweeps=data.missing_sweeps,
-            **common,
+            infos_path=path, root=data.root, max_sweeps=data.max_sweeps, sweep_stride=data.sweep_stride,
+            missing_sweeps=data.missing_sweeps, **common,
         )  # fmt: skip
     from perception.datasets.kitti import KittiDataset, infos_path_for
 

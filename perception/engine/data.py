@@ -44,9 +44,10 @@ def _infos_file(cfg: ExperimentConfig, split: str) -> Path:
     d = cfg.data
     if d.dataset == "nuscenes":
         from perception.formats.nuscenes_infos import infos_path
+        from perception.formats.nuscenes_points import sweep_chain
 
         assert d.version is not None
-        return infos_path(d.root, d.version, d.max_sweeps, split)
+        return infos_path(d.root, d.version, sweep_chain(d.max_sweeps, d.sweep_stride), split)
     from perception.datasets.kitti_infos import infos_path as kitti_infos_path
 
     return kitti_infos_path(d.root, split)
@@ -58,7 +59,7 @@ def _gt_database_dir(cfg: ExperimentConfig) -> Path:
         from perception.formats.nuscenes_infos import gt_database_dir
 
         assert d.version is not None
-        return gt_database_dir(d.root, d.version, d.max_sweeps)
+        return gt_database_dir(d.root, d.version, d.max_sweeps, d.sweep_stride)
     from perception.datasets.kitti_infos import GT_DATABASE_DIR
 
     return Path(d.root) / GT_DATABASE_DIR
@@ -124,7 +125,14 @@ def prepare_data(cfg: ExperimentConfig, *, workers: int = 0, progress: bool = Fa
         from perception.datasets.nuscenes_infos import create_nuscenes_infos
 
         assert d.version is not None
-        create_nuscenes_infos(root, d.version, max_sweeps=d.max_sweeps, workers=workers, progress=progress)
+        create_nuscenes_infos(
+            root,
+            d.version,
+            max_sweeps=d.max_sweeps,
+            sweep_stride=d.sweep_stride,
+            workers=workers,
+            progress=progress,
+        )
     else:
         from perception.datasets.kitti_infos import create_kitti_infos
 
@@ -269,7 +277,7 @@ def build_dataset(
         from perception.datasets.nuscenes import NuScenesDataset
         from perception.evaluation.gt_checks import check_nuscenes_split
 
-        nus = NuScenesDataset(**common, missing_sweeps=d.missing_sweeps)
+        nus = NuScenesDataset(**common, sweep_stride=d.sweep_stride, missing_sweeps=d.missing_sweeps)
         if mode == "val":
             assert d.version is not None
             check_nuscenes_split(d.root, d.version, eval_set_name(cfg, split))

@@ -261,8 +261,13 @@ def infos_path(root: str | os.PathLike[str], version: str, max_sweeps: int, spli
     return Path(root) / f"nuscenes_infos_{version}_{max_sweeps}sweeps_{split}.pkl"
 
 
-def gt_database_dir(root: str | os.PathLike[str], version: str, max_sweeps: int) -> Path:
-    return Path(root) / f"nuscenes_gt_database_{version}_{max_sweeps}sweeps"
+def gt_database_dir(
+    root: str | os.PathLike[str], version: str, max_sweeps: int, sweep_stride: int = 1
+) -> Path:
+    """GT database folder of :func:`create_nuscenes_infos`: objects cut from clouds of ``max_sweeps`` scans
+    (keyframe included) picked at ``sweep_stride`` (``..._<N>sweeps``, with ``_stride<S>`` when S > 1)."""
+    stride = f"_stride{sweep_stride}" if sweep_stride != 1 else ""
+    return Path(root) / f"nuscenes_gt_database_{version}_{max_sweeps}sweeps{stride}"
 
 
 _INFO_FIELDS = tuple(f.name for f in fields(NuScenesInfo))

@@ -12,8 +12,9 @@ from its data set format (:func:`~perception.inference_api.columns.model_point_c
 columns are mapped onto them (:func:`~perception.inference_api.columns.map_columns`), non-finite points are
 dropped (:func:`perception.formats.points.drop_nonfinite`), earlier sweeps are moved into the keyframe frame with
 their time lag by the nuScenes rule (:func:`perception.formats.points.sweep_to_keyframe`: ego-body returns within
-:data:`~perception.formats.nuscenes_points.EGO_RADIUS` removed first; at most ``data.max_sweeps - 1`` of them, as
-the dataset uses), the points outside the model's grid are removed by the dataset transform
+:data:`~perception.formats.nuscenes_points.EGO_RADIUS` removed first; of the given chain, newest first, the
+ones the dataset would merge, :func:`~perception.formats.nuscenes_points.pick_sweeps` of ``data.max_sweeps`` and
+``data.sweep_stride``, the others named in a warning), the points outside the model's grid are removed by the dataset transform
 :class:`perception.datasets.transforms.PointRangeFilter`, and the one-sample :class:`~perception.structures.Batch`
 goes to ``model.predict`` (which voxelizes by its own config).
 """
@@ -242,19 +243,26 @@ class Detector:
         if TIME_LAG in cols or TIME_LAG not in channels:
             merged, dropped = drop_nonfinite(map_columns(key, cols, channels, source), source)
             return merged, cols, source, dropped, 1
-        usable = self.config.data.max_sweeps - 1
-        if len(sweeps) > usable:
+        from perception.formats.nuscenes_points import EGO_RADIUS, pick_sweeps
+
+        data = self.config.data
+        picked = pick_sweeps(range(len(sweeps)), data.max_sweeps, data.sweep_stride)
+        if len(picked) < len(sweeps):
+            every = (
+                f", one in every {data.sweep_stride} of the chain (data.sweep_stride)"
+                if data.sweep_stride > 1
+                else ""
+            )
             logger.warning(
-                "%d sweeps given; the model was trained with data.max_sweeps %d: using the first %d",
-                len(sweeps), self.config.data.max_sweeps, usable,
+                "%d sweeps given; the model was trained with data.max_sweeps %d%s: using sweeps %s",
+                len(sweeps), data.max_sweeps, every, picked,
             )  # fmt: skip
         keyframe, dropped = drop_nonfinite(
             map_columns(key, cols, base, source, model_channels=channels), source
         )
         parts = [np.concatenate([keyframe, np.zeros((len(keyframe), 1), np.float32)], axis=1)]
-        from perception.formats.nuscenes_points import EGO_RADIUS
-
-        for k, sweep in enumerate(sweeps[:usable]):
+        for k in picked:
+            sweep = sweeps[k]
             if not isinstance(sweep, Sweep):
                 raise TypeError(f"sweeps[{k}] must be a perception.Sweep, got {type(sweep).__name__}")
             lag = float(sweep.time_lag)
@@ -292,7 +300,9 @@ class Detector:
                 own layout (``.bin``: ``x, y, z, intensity``; ``.pcd.bin``: ``x, y, z, intensity, ring``; ``.pcd``:
                 its FIELDS; ``.npy`` must be declared), an array's ``x, y, z, intensity``. Columns the model does
                 not read are ignored; ``time_lag`` is 0 for the keyframe unless given as a column.
-            sweeps: earlier scans (:class:`Sweep`), newest first, for models trained on several sweeps.
+            sweeps: earlier scans (:class:`Sweep`), newest first, for models trained on several sweeps: the 20 Hz
+                chain, of which a model with ``data.sweep_stride`` S merges every S-th
+                (:func:`~perception.formats.nuscenes_points.pick_sweeps`).
             token: the name of the sample the model sees (default: the file name or ``"points"``).
 
         Returns:
