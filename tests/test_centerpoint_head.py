@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import warnings
+from collections.abc import Sequence
 
 import pytest
 import torch
@@ -588,12 +589,20 @@ def test_initial_heatmap_loss_is_that_of_the_prior() -> None:
     assert all(0.0 < v < 30.0 for v in hm), hm
 
 
-@pytest.mark.parametrize("num_head_convs", [1, 2, 3])
-def test_predict_at_peaks_equals_decoding_the_dense_outputs(num_head_convs: int) -> None:
+@pytest.mark.parametrize(
+    ("num_head_convs", "shared_velocity"), [(1, False), (2, False), (3, False), (2, True), (3, True)]
+)
+def test_predict_at_peaks_equals_decoding_the_dense_outputs(
+    num_head_convs: int, shared_velocity: bool
+) -> None:
     """``predict`` runs the regression branches on patches around the peaks only: the same detections as
     ``decode(head(bev))``, including peaks on the map's borders and corners (every cell is a top-K peak here, and
-    the batch norms have non-trivial running statistics)."""
-    head = make_head(num_head_convs=num_head_convs, decode={"top_k": 32 * 32 * 2, "score_threshold": 0.0})
+    the batch norms have non-trivial running statistics); with one shared velocity branch too."""
+    head = make_head(
+        num_head_convs=num_head_convs,
+        shared_velocity=shared_velocity,
+        decode={"top_k": 32 * 32 * 2, "score_threshold": 0.0},
+    )
     for m in head.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -660,9 +669,9 @@ def test_codes_only_for_the_peaks_nms_reads(nms: str) -> None:
     calls: list[int] = []
     original = head.task_heads[0].codes_at
 
-    def counting(x: torch.Tensor, peaks: TaskPeaks) -> torch.Tensor:
+    def counting(x: torch.Tensor, peaks: TaskPeaks, extra: Sequence[object] = ()) -> torch.Tensor:
         calls.append(len(peaks))
-        return original(x, peaks)
+        return original(x, peaks, extra)  # type: ignore[arg-type]
 
     head.task_heads[0].codes_at = counting  # type: ignore[method-assign]
     peaks = head.peaks(bev)
@@ -675,3 +684,29 @@ def test_codes_only_for_the_peaks_nms_reads(nms: str) -> None:
     for d, s in zip(dense, head.decode_peaks(peaks), strict=True):
         assert torch.equal(d.labels, s.labels) and torch.equal(d.scores, s.scores)
         torch.testing.assert_close(s.boxes.tensor, d.boxes.tensor, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_velocity_is_one_branch_trained_by_every_task() -> None:
+    """``shared_velocity``: one velocity branch on the shared features; every task outputs its map, and the loss
+    of any one task's centres reaches it."""
+    per_task, shared = make_head(), make_head(shared_velocity=True)
+    assert all(h.velocity is not None for h in per_task.task_heads) and per_task.shared_velocity is None
+    assert all(h.velocity is None for h in shared.task_heads) and shared.shared_velocity is not None
+    n_branch = sum(p.numel() for p in shared.shared_velocity.parameters())
+    assert sum(p.numel() for p in per_task.parameters()) - sum(p.numel() for p in shared.parameters()) == (
+        n_branch * (len(NUSCENES_TASKS) - 1)
+    )
+    bev = torch.randn(2, 8, 32, 32)
+    out = shared(bev)
+    assert all(t.velocity is out.tasks[0].velocity for t in out.tasks) and out.tasks[0].velocity is not None
+    assert out.tasks[3].box_codes().shape == (2, 10, 32, 32)
+    # one bicycle (task 4) moving at 5 m/s: only task 4 has a positive; its velocity loss trains the shared branch
+    boxes = [Boxes3D(torch.tensor([[-10.0, 5.0, 0.0, 1.8, 0.6, 1.4, 0.3, 5.0, -1.0]])), Boxes3D.empty(True)]
+    labels = [torch.tensor([NUSCENES_CLASSES.index("bicycle")]), torch.zeros(0, dtype=torch.int64)]
+    losses = shared.loss(out, boxes, labels)
+    shared.zero_grad()
+    losses["task4.bbox"].backward()
+    grad = shared.shared_velocity.layers[-1].weight.grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="shared_velocity needs with_velocity"):
+        make_head(shared_velocity=True, with_velocity=False)

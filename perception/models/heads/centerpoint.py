@@ -22,6 +22,7 @@ input map (:class:`~perception.shapes.MapShape`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -270,9 +271,11 @@ class _TaskHead(nn.Module):
         branches = [self.offset, self.height, self.log_dims, self.rot]
         return branches + ([self.velocity] if self.velocity is not None else [])
 
-    def codes_at(self, x: torch.Tensor, peaks: TaskPeaks) -> torch.Tensor:
-        """``(N, D)`` box codes at ``peaks`` only (:func:`branches_at_cells` of the regression branches)."""
-        return branches_at_cells(self.regression_branches(), x, peaks.sample, peaks.rows, peaks.cols)
+    def codes_at(self, x: torch.Tensor, peaks: TaskPeaks, extra: Sequence[SeparateHead] = ()) -> torch.Tensor:
+        """``(N, D)`` box codes at ``peaks`` only (:func:`branches_at_cells` of the regression branches, then
+        ``extra``: the head's shared velocity branch when it has one)."""
+        branches = [*self.regression_branches(), *extra]
+        return branches_at_cells(branches, x, peaks.sample, peaks.rows, peaks.cols)
 
 
 class CenterPointHead(nn.Module):
@@ -330,10 +333,22 @@ class CenterPointHead(nn.Module):
                 num_classes=len(t),
                 head_channels=config.head_channels,
                 num_convs=config.num_head_convs,
-                velocity=config.with_velocity,
+                velocity=config.with_velocity and not config.shared_velocity,
             )
             for t in self.task_names
         )
+        self.shared_velocity = (
+            SeparateHead(
+                in_channels=shared,
+                out_channels=2,
+                head_channels=config.head_channels,
+                num_convs=config.num_head_convs,
+                final_bias=None,
+            )
+            if config.shared_velocity
+            else None
+        )
+        """``config.shared_velocity``: the one velocity branch of all tasks (else None: each task has its own)."""
 
     def input_shape(self) -> MapShape:
         """The BEV map the head reads: ``(B, C, H, W)`` with ``(H, W) = grid.bev_size(stride)``."""
@@ -348,7 +363,11 @@ class CenterPointHead(nn.Module):
         """Args: bev: float ``(B, in_channels, H, W)``. Returns: :class:`CenterPointOutput`."""
         check_tensor("bev", bev, shape=(None, self.in_channels, *self.feature_map_size))
         x = self.shared_conv(bev)
-        return CenterPointOutput(tasks=[head(x) for head in self.task_heads])
+        tasks = [head(x) for head in self.task_heads]
+        if self.shared_velocity is not None:
+            velocity = self.shared_velocity(x)
+            tasks = [dataclasses.replace(t, velocity=velocity) for t in tasks]
+        return CenterPointOutput(tasks=tasks)
 
     @torch.no_grad()
     def peaks(self, bev: torch.Tensor) -> list[tuple[TaskPeaks, torch.Tensor]]:
@@ -364,11 +383,14 @@ class CenterPointHead(nn.Module):
         x = self.shared_conv(bev)
         out = []
         decode = self.config.decode
+        extra = (
+            [] if self.shared_velocity is None else [self.shared_velocity]
+        )  # appended to every task's codes
         for i, head in enumerate(self.task_heads):
             peaks = select_peaks(head.heatmap(x), decode, i)
             out.append(
                 peaks_to_decode(
-                    peaks, lambda p, head=head: head.codes_at(x, p).float(), self.coder, decode, i
+                    peaks, lambda p, head=head: head.codes_at(x, p, extra).float(), self.coder, decode, i
                 )
             )
         return out

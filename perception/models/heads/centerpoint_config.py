@@ -136,6 +136,10 @@ class CenterPointConfig(StrictSection):
         head_channels: width of the branch convs (64).
         num_head_convs: convs per branch (2).
         with_velocity: predict ``[vx, vy]`` (nuScenes) and output 9-column boxes; else 7-column boxes.
+        shared_velocity: one velocity branch on the shared features for all tasks (default false: one per task,
+            as CenterPoint). Motion is seen the same way whatever the class (the older sweeps' points trail the
+            object), so every task's centres train the one branch and the rare classes use what the frequent
+            ones teach; with a short training, the per-task branches of rare classes stay near zero.
         code_weights: ``D`` (10, or 8 without velocity) weights of the regression columns in ``CODE_NAMES`` order;
             ``None``: 1 for all, 0.2 for the velocities (:attr:`code_weight_values`).
         heatmap_weight: weight of the heatmap focal loss (1.0).
@@ -152,6 +156,7 @@ class CenterPointConfig(StrictSection):
     head_channels: PosInt = 64
     num_head_convs: PosInt = 2
     with_velocity: Bool = True
+    shared_velocity: Bool = False
     code_weights: tuple[NonNegFloat, ...] | None = None
     heatmap_weight: NonNegFloat = 1.0
     bbox_weight: NonNegFloat = 0.25
@@ -163,6 +168,8 @@ class CenterPointConfig(StrictSection):
     @model_validator(mode="after")
     def _check(self) -> CenterPointConfig:
         d = code_size(self.with_velocity)
+        if self.shared_velocity and not self.with_velocity:
+            raise ValueError("shared_velocity needs with_velocity: true")
         if self.code_weights is not None and len(self.code_weights) != d:
             raise ValueError(
                 f"code_weights must be {d} values >= 0 (CODE_NAMES order, with_velocity: "
