@@ -28,17 +28,18 @@ def detector() -> perception.Detector:
 
 @pytest.fixture(scope="module")
 def nusc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny synthetic nuScenes set (1 earlier sweep per keyframe) with 2-sweep info files."""
+    """A tiny synthetic nuScenes set (9 earlier sweeps per keyframe) with the info files of the shipped model's
+    sweeps (keyframe + every 9th sweep: a chain of 10)."""
     root = tmp_path_factory.mktemp("api_nusc")
     run = [sys.executable, str(REPO / "tools" / "create_data.py")]
     subprocess.run(
         [*run, "synthetic", "--format", "nuscenes", "--out", str(root), "--scenes", "2", "--samples", "2",
-         "--sweeps", "1", "--cameras", "none", "--seed", "4"],
+         "--sweeps", "9", "--cameras", "none", "--seed", "4"],
         check=True, capture_output=True,
     )  # fmt: skip
     subprocess.run(
-        [*run, "nuscenes", "--root", str(root), "--version", "v1.0-mini", "--max-sweeps", "2", "--no-gt-database",
-         "--quiet"],
+        [*run, "nuscenes", "--root", str(root), "--version", "v1.0-mini", "--max-sweeps", "2", "--sweep-stride",
+         "9", "--no-gt-database", "--quiet"],
         check=True, capture_output=True,
     )  # fmt: skip
     return root
@@ -50,9 +51,10 @@ def _dataset_detections(detector: perception.Detector, root: Path, max_sweeps: i
     from perception.structures import Batch
 
     data = detector.config.data
+    assert (data.max_sweeps, data.sweep_stride) == (2, 9), "the fixture's infos are the shipped model's"
     ds = NuScenesDataset(
-        infos_path=infos_path_for(root, "v1.0-mini", 2, "val"), root=root, class_names=data.class_names,
-        grid=data.grid, max_sweeps=max_sweeps, mode="val",
+        infos_path=infos_path_for(root, "v1.0-mini", 10, "val"), root=root, class_names=data.class_names,
+        grid=data.grid, max_sweeps=max_sweeps, sweep_stride=data.sweep_stride, mode="val",
     )  # fmt: skip
     out = []
     for i in range(len(ds)):
@@ -84,12 +86,14 @@ def test_single_sweep_equals_the_dataset_path(detector: perception.Detector, nus
 
 def test_multi_sweep_equals_the_dataset_path(detector: perception.Detector, nusc_root: Path) -> None:
     for info, sample, det in _dataset_detections(detector, nusc_root, max_sweeps=2):
-        assert info.sweeps, "the fixture has an earlier sweep per keyframe"
+        assert len(info.sweeps) == 9, "the fixture has 9 earlier sweeps per keyframe"
         sweeps = [perception.Sweep(nusc_root / s.path, s.time_lag, s.sensor_to_lidar) for s in info.sweeps]
-        result = detector.detect(nusc_root / info.lidar_path, sweeps=sweeps)
+        result = detector.detect(nusc_root / info.lidar_path, sweeps=sweeps)  # the chain: the 9th is merged
         assert result.num_sweeps == 2
-        assert (result.points.channel("time_lag") > 0).any()
+        assert torch.allclose(result.points.channel("time_lag").unique(), torch.tensor([0.0, 0.45]))
         _assert_same(result, sample, det)
+        alone = detector.detect(nusc_root / info.lidar_path, sweeps=sweeps[8:])  # only that one: as given
+        assert torch.equal(alone.detections.boxes.tensor, result.detections.boxes.tensor)
 
 
 def test_nan_points_are_dropped_and_counted(detector: perception.Detector, nusc_root: Path) -> None:
@@ -267,7 +271,7 @@ def test_readme_example_runs(tmp_path: Path, nusc_root: Path, detector: percepti
     assert len(code.strip().splitlines()) <= 12
     info = _dataset_detections(detector, nusc_root, max_sweeps=1)[0][0]
     (tmp_path / "scan.pcd.bin").write_bytes((nusc_root / info.lidar_path).read_bytes())
-    (tmp_path / "sweep.pcd.bin").write_bytes((nusc_root / info.sweeps[0].path).read_bytes())
+    (tmp_path / "sweep.pcd.bin").write_bytes((nusc_root / info.sweeps[8].path).read_bytes())
     (tmp_path / "checkpoints").symlink_to(REPO / "checkpoints")
     cwd = os.getcwd()
     namespace: dict[str, object] = {}
@@ -279,7 +283,7 @@ def test_readme_example_runs(tmp_path: Path, nusc_root: Path, detector: percepti
     result = namespace["result"]
     assert isinstance(result, perception.Result) and result.num_sweeps == 2
     expected = detector.detect(
-        tmp_path / "scan.pcd.bin", sweeps=[perception.Sweep(tmp_path / "sweep.pcd.bin", 0.05)]
+        tmp_path / "scan.pcd.bin", sweeps=[perception.Sweep(tmp_path / "sweep.pcd.bin", 0.45)]
     )
     assert torch.equal(result.detections.boxes.tensor, expected.detections.boxes.tensor)
     printed = capsys.readouterr().out.splitlines()

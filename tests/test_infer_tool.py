@@ -177,9 +177,9 @@ def test_visualize_checkpoint_on_a_dataset(tmp_path: Path, monkeypatch, capsys) 
     root = tmp_path / "nusc"
     run = [sys.executable, str(REPO / "tools" / "create_data.py")]
     subprocess.run([*run, "synthetic", "--format", "nuscenes", "--out", str(root), "--scenes", "2", "--samples", "2",
-                    "--sweeps", "1", "--cameras", "none", "--seed", "2"], check=True, capture_output=True)  # fmt: skip
+                    "--sweeps", "9", "--cameras", "none", "--seed", "2"], check=True, capture_output=True)  # fmt: skip
     subprocess.run([*run, "nuscenes", "--root", str(root), "--version", "v1.0-mini", "--max-sweeps", "2",
-                    "--no-gt-database", "--quiet"], check=True, capture_output=True)  # fmt: skip
+                    "--sweep-stride", "9", "--no-gt-database", "--quiet"], check=True, capture_output=True)  # fmt: skip
     out = tmp_path / "pics"
     argv = ["--data", str(REPO / "checkpoints" / "demo_detector.yaml"), "--set", f"data.root={root}",
             "--ckpt", str(CHECKPOINT), "--device", "cpu", "--headless", str(out), "--limit", "1"]  # fmt: skip

@@ -38,12 +38,17 @@ def nusc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = [sys.executable, str(REPO / "tools" / "create_data.py")]
     subprocess.run(
         [*run, "synthetic", "--format", "nuscenes", "--out", str(root), "--scenes", "2", "--samples", "2",
-         "--sweeps", "1", "--cameras", "none", "--objects", "12", "--seed", "3"],
+         "--sweeps", "9", "--cameras", "none", "--objects", "12", "--seed", "3"],
         check=True, capture_output=True,
     )  # fmt: skip
     subprocess.run(
         [*run, "nuscenes", "--root", str(root), "--version", "v1.0-mini", "--max-sweeps", "2", "--no-gt-database",
          "--quiet"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(  # and those of the shipped demo detector: keyframe + the 9th sweep (data.sweep_stride 9)
+        [*run, "nuscenes", "--root", str(root), "--version", "v1.0-mini", "--max-sweeps", "2", "--sweep-stride",
+         "9", "--no-gt-database", "--quiet"],
         check=True, capture_output=True,
     )  # fmt: skip
     return root

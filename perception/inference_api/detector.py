@@ -12,9 +12,9 @@ from its data set format (:func:`~perception.inference_api.columns.model_point_c
 columns are mapped onto them (:func:`~perception.inference_api.columns.map_columns`), non-finite points are
 dropped (:func:`perception.formats.points.drop_nonfinite`), earlier sweeps are moved into the keyframe frame with
 their time lag by the nuScenes rule (:func:`perception.formats.points.sweep_to_keyframe`: ego-body returns within
-:data:`~perception.formats.nuscenes_points.EGO_RADIUS` removed first; of the given chain, newest first, the
-ones the dataset would merge, :func:`~perception.formats.nuscenes_points.pick_sweeps` of ``data.max_sweeps`` and
-``data.sweep_stride``, the others named in a warning), the points outside the model's grid are removed by the dataset transform
+:data:`~perception.formats.nuscenes_points.EGO_RADIUS` removed first; up to ``data.max_sweeps - 1`` as given, a
+longer list picked as the dataset picks from the 20 Hz chain,
+:func:`~perception.formats.nuscenes_points.pick_sweeps`, the others named in a warning), the points outside the model's grid are removed by the dataset transform
 :class:`perception.datasets.transforms.PointRangeFilter`, and the one-sample :class:`~perception.structures.Batch`
 goes to ``model.predict`` (which voxelizes by its own config).
 """
@@ -246,8 +246,9 @@ class Detector:
         from perception.formats.nuscenes_points import EGO_RADIUS, pick_sweeps
 
         data = self.config.data
-        picked = pick_sweeps(range(len(sweeps)), data.max_sweeps, data.sweep_stride)
-        if len(picked) < len(sweeps):
+        picked = list(range(len(sweeps)))  # as many as the model merges, or fewer: taken as given
+        if len(sweeps) > data.max_sweeps - 1:  # more: the 20 Hz chain, picked as the dataset picks
+            picked = pick_sweeps(picked, data.max_sweeps, data.sweep_stride)
             every = (
                 f", one in every {data.sweep_stride} of the chain (data.sweep_stride)"
                 if data.sweep_stride > 1
@@ -300,9 +301,11 @@ class Detector:
                 own layout (``.bin``: ``x, y, z, intensity``; ``.pcd.bin``: ``x, y, z, intensity, ring``; ``.pcd``:
                 its FIELDS; ``.npy`` must be declared), an array's ``x, y, z, intensity``. Columns the model does
                 not read are ignored; ``time_lag`` is 0 for the keyframe unless given as a column.
-            sweeps: earlier scans (:class:`Sweep`), newest first, for models trained on several sweeps: the 20 Hz
-                chain, of which a model with ``data.sweep_stride`` S merges every S-th
-                (:func:`~perception.formats.nuscenes_points.pick_sweeps`).
+            sweeps: earlier scans (:class:`Sweep`), newest first, for models trained on several sweeps: at most
+                ``data.max_sweeps - 1`` are merged as given (for a model with ``data.sweep_stride`` S, the scans
+                S x 0.05 s apart it was trained with); a longer list is taken as the 20 Hz chain and every S-th
+                is merged (:func:`~perception.formats.nuscenes_points.pick_sweeps`), the others named in a
+                warning.
             token: the name of the sample the model sees (default: the file name or ``"points"``).
 
         Returns:
