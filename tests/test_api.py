@@ -4,6 +4,7 @@ snippet run as written."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -94,6 +95,19 @@ def test_multi_sweep_equals_the_dataset_path(detector: perception.Detector, nusc
         _assert_same(result, sample, det)
         alone = detector.detect(nusc_root / info.lidar_path, sweeps=sweeps[8:])  # only that one: as given
         assert torch.equal(alone.detections.boxes.tensor, result.detections.boxes.tensor)
+
+
+def test_a_chain_too_short_for_the_stride_is_warned(
+    detector: perception.Detector, nusc_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    info, sample, det = _dataset_detections(detector, nusc_root, max_sweeps=1)[0]
+    sweeps = [perception.Sweep(nusc_root / s.path, s.time_lag, s.sensor_to_lidar) for s in info.sweeps[:5]]
+    with caplog.at_level(logging.WARNING, logger="perception"):
+        result = detector.detect(nusc_root / info.lidar_path, sweeps=sweeps)  # 0.05 .. 0.25 s: no 9th scan
+    assert result.num_sweeps == 1
+    _assert_same(result, sample, det)  # the keyframe alone, as the single-sweep dataset path
+    assert "a 20 Hz chain needs 9 to reach the 1 earlier scan(s)" in caplog.text
+    assert "sees 0 of them" in caplog.text
 
 
 def test_nan_points_are_dropped_and_counted(detector: perception.Detector, nusc_root: Path) -> None:

@@ -243,7 +243,7 @@ class Detector:
         if TIME_LAG in cols or TIME_LAG not in channels:
             merged, dropped = drop_nonfinite(map_columns(key, cols, channels, source), source)
             return merged, cols, source, dropped, 1
-        from perception.formats.nuscenes_points import EGO_RADIUS, pick_sweeps
+        from perception.formats.nuscenes_points import EGO_RADIUS, pick_sweeps, sweep_chain
 
         data = self.config.data
         picked = list(range(len(sweeps)))  # as many as the model merges, or fewer: taken as given
@@ -258,6 +258,14 @@ class Detector:
                 "%d sweeps given; the model was trained with data.max_sweeps %d%s: using sweeps %s",
                 len(sweeps), data.max_sweeps, every, picked,
             )  # fmt: skip
+            if len(picked) < data.max_sweeps - 1:  # a chain too short to reach the strided scans
+                logger.warning(
+                    "%d sweeps given: a 20 Hz chain needs %d to reach the %d earlier scan(s) the model merges at "
+                    "data.sweep_stride %d, so it sees %d of them (fewer scans than it was trained with); to "
+                    "use scans of another spacing, pass at most %d, which are merged as given",
+                    len(sweeps), sweep_chain(data.max_sweeps, data.sweep_stride) - 1, data.max_sweeps - 1,
+                    data.sweep_stride, len(picked), data.max_sweeps - 1,
+                )  # fmt: skip
         keyframe, dropped = drop_nonfinite(
             map_columns(key, cols, base, source, model_channels=channels), source
         )
@@ -305,7 +313,8 @@ class Detector:
                 ``data.max_sweeps - 1`` are merged as given (for a model with ``data.sweep_stride`` S, the scans
                 S x 0.05 s apart it was trained with); a longer list is taken as the 20 Hz chain and every S-th
                 is merged (:func:`~perception.formats.nuscenes_points.pick_sweeps`), the others named in a
-                warning.
+                warning; a chain too short to reach the S-th scan merges fewer (none for ``max_sweeps`` 2) and
+                says so in a second warning.
             token: the name of the sample the model sees (default: the file name or ``"points"``).
 
         Returns:
