@@ -42,10 +42,13 @@ __all__ = [
     "write_sample_objects",
     "read_sample_entries",
     "write_index",
+    "index_format_version",
 ]
 
-#: Version of the on-disk format; readers refuse other versions.
-FORMAT_VERSION = 1
+#: Version of the on-disk format; readers refuse other versions (and the info builders rebuild the samples of
+#: another version). 2: multi-sweep objects are cut by the box moved along its velocity to each point's time
+#: (:mod:`perception.datasets.box_motion`); 1 cut every sweep by the keyframe box.
+FORMAT_VERSION = 2
 #: File name of the index inside ``db_dir``.
 INDEX_NAME = "index.json"
 _OBJECTS = "objects"
@@ -263,6 +266,16 @@ def read_sample_entries(db_dir: Path | str, sample_token: str) -> list[GTDatabas
     if not all((Path(db_dir) / e.path).is_file() for e in entries):
         return None
     return entries
+
+
+def index_format_version(db_dir: Path | str) -> Any:
+    """The ``format_version`` in ``db_dir``'s index (None: no readable index there), to tell a database this code
+    reads (:data:`FORMAT_VERSION`) from one to build again."""
+    try:
+        data = json.loads((Path(db_dir) / INDEX_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("format_version") if isinstance(data, dict) else None
 
 
 def write_index(

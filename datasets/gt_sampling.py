@@ -10,7 +10,9 @@ candidates that overlap each other the first is kept (OpenPCDet rejects both). W
 repeated for the classes still short of their target (OpenPCDet: one round).
 
 For the accepted objects the scene's points inside their boxes (enlarged by ``remove_extra_width``) are removed
-(:func:`perception.ops.points_in_boxes.points_in_boxes`), the objects' points are moved from box-relative to
+(:func:`perception.ops.points_in_boxes.points_in_boxes`; in a multi-sweep cloud with a ``time_lag`` channel and
+boxes with velocity also those inside a box at their own time, :mod:`perception.datasets.box_motion`, the rule
+the database cut the objects by, so a pasted object's trail replaces the scene there), the objects' points are moved from box-relative to
 LiDAR coordinates and appended (their channels picked by name from the database's channels; ``time_lag`` is kept
 as stored), and the boxes and labels are appended after the existing ones.
 
@@ -31,8 +33,9 @@ import torch
 
 from perception.ops.iou3d import boxes_iou_bev
 from perception.ops.points_in_boxes import points_in_boxes
-from perception.structures import Boxes3D, Points, Sample
+from perception.structures import TIME_LAG, Boxes3D, Points, Sample
 
+from .box_motion import points_in_moving_box
 from .gt_database import GTDatabase, GTDatabaseEntry
 
 __all__ = ["GTSampling"]
@@ -214,10 +217,16 @@ class GTSampling:
             pts[:, :3] += obj.box[:3]
             pasted.append(pts)
         scene = sample.points.tensor
-        removal = new_boxes[:, :7].clone()
+        removal = new_boxes.clone()
         removal[:, 3:6] += torch.tensor(self.remove_extra_width)
-        inside, _ = points_in_boxes(scene.detach().cpu(), removal)
-        keep = (inside < 0).to(device)
+        inside, _ = points_in_boxes(scene.detach().cpu(), removal[:, :7].contiguous())
+        hit = (inside >= 0).numpy()
+        if TIME_LAG in sample.points.channels and removal.shape[1] >= 9:  # and the trails, at each point's time
+            xyz = scene[:, :3].detach().cpu().numpy()
+            lag = sample.points.channel(TIME_LAG).detach().cpu().numpy()
+            for box in removal[:, :9].numpy():
+                hit |= points_in_moving_box(xyz, lag, box)
+        keep = torch.from_numpy(~hit).to(device)
         points = torch.cat([scene[keep], torch.from_numpy(np.concatenate(pasted)).to(device)])
         return dataclasses.replace(
             sample,

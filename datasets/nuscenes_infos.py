@@ -9,7 +9,9 @@ scans of the chain, ``N = M`` at stride 1; file names, the record and the file f
   (:mod:`perception.datasets.gt_database`) of the train split. As OpenPCDet does, each object's points are cut
   from the **multi-sweep** cloud (keyframe plus up to ``M - 1`` earlier sweeps, every S-th, moved into the
   keyframe's LiDAR frame, channels ``x y z intensity time_lag``), so
-  pasted objects look like the scans they are pasted into. Annotations of categories outside the ten detection
+  pasted objects look like the scans they are pasted into; unlike OpenPCDet, each point is tested against the box
+  moved back along its velocity to the point's time (:mod:`perception.datasets.box_motion`), so a moving object
+  keeps the trail its older sweeps leave behind the keyframe box (the cue its velocity is learned from). Annotations of categories outside the ten detection
   classes are not stored;
 * ``.perception_cache/`` -- per-sample part files that make an interrupted run resumable (safe to delete),
   one folder per split and settings (version, sweeps, GT database or not). A sample's part is reused only while
@@ -105,7 +107,7 @@ def _sample_task(
     if db_dir is not None:
         keep = info.gt_names != IGNORE
         points = load_lidar_points(Path(root), info, max_sweeps, sweep_stride=sweep_stride)
-        crops = crop_box_points(points, info.gt_boxes[keep])
+        crops = crop_box_points(points, info.gt_boxes[keep], NUSCENES_POINT_CHANNELS.index("time_lag"))
         objects = [
             GTObject(str(name), box.copy(), pts, 0, token)
             for name, box, pts in zip(info.gt_names[keep], info.gt_boxes[keep], crops, strict=True)

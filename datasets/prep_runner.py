@@ -56,7 +56,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from perception.formats.box_checks import name_some
@@ -289,28 +288,32 @@ def run_tasks(
     return results, stats
 
 
-def crop_box_points(points: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
+def crop_box_points(
+    points: np.ndarray, boxes: np.ndarray, time_lag_column: int | None = None
+) -> list[np.ndarray]:
     """The points inside each box, with ``xyz`` made relative to the box centre (for the GT database).
 
     A point inside several overlapping boxes belongs to each of them. Membership is
-    :func:`perception.ops.points_in_boxes` (closed boxes, float32).
+    :func:`perception.ops.points_in_boxes` (closed boxes, float32); with ``time_lag_column`` and boxes with
+    velocity, each point is tested at its own time (:func:`perception.datasets.box_motion.points_in_moving_box`),
+    so a moving object's older sweeps -- its trail behind the keyframe box -- are part of its crop.
 
     Args:
         points: float32 ``(N, C)`` finite points, ``C >= 3``, LiDAR frame.
-        boxes: float ``(K, 7+)`` boxes ``[x, y, z, dx, dy, dz, yaw, ...]`` in the same frame.
+        boxes: float ``(K, 7+)`` boxes ``[x, y, z, dx, dy, dz, yaw, ...]`` in the same frame (``(K, 9)``: with
+            ``[vx, vy]``).
+        time_lag_column: the column of ``points`` holding each point's seconds before the keyframe, or None.
 
     Returns:
         ``K`` float32 arrays ``(n_k, C)``.
     """
-    from perception.ops.points_in_boxes import points_in_boxes
+    from .box_motion import points_in_moving_box
 
     pts = np.ascontiguousarray(points, dtype=np.float32)
+    lag = None if time_lag_column is None else pts[:, time_lag_column]
     out = []
     for box in np.asarray(boxes, dtype=np.float32).reshape(-1, boxes.shape[-1] if boxes.ndim == 2 else 7):
-        radius = 0.5 * float(np.linalg.norm(box[3:6])) + 1e-3
-        near = np.flatnonzero(np.abs(pts[:, :3] - box[:3]).max(axis=1) <= radius)
-        index, _ = points_in_boxes(torch.from_numpy(pts[near]), torch.from_numpy(box[None, :7].copy()))
-        inside = pts[near[index.numpy() == 0]].copy()
+        inside = pts[points_in_moving_box(pts[:, :3], lag, box[:9] if len(box) >= 9 else box[:7])].copy()
         inside[:, :3] -= box[:3]
         out.append(inside)
     return out

@@ -96,7 +96,9 @@ class DynamicVoxels:
 # Points
 # --------------------------------------------------------------------------------------------------------------
 
-DEFAULT_POINT_CHANNELS: tuple[str, ...] = ("x", "y", "z", "intensity", "time_lag")
+#: The channel that carries a point's sweep time (seconds before the keyframe) in multi-sweep clouds.
+TIME_LAG = "time_lag"
+DEFAULT_POINT_CHANNELS: tuple[str, ...] = ("x", "y", "z", "intensity", TIME_LAG)
 
 
 @dataclass

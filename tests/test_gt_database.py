@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from perception.datasets.gt_database import (
+    FORMAT_VERSION,
     INDEX_NAME,
     GTDatabase,
     GTObject,
@@ -175,7 +176,7 @@ def test_index_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="index.json is not valid JSON"):
         GTDatabase(tmp_path)
     index.write_text(json.dumps({**good, "format_version": 99}))
-    with pytest.raises(ValueError, match="format_version 99, expected 1"):
+    with pytest.raises(ValueError, match=f"format_version 99, expected {FORMAT_VERSION}"):
         GTDatabase(tmp_path)
     index.write_text(json.dumps({k: v for k, v in good.items() if k != "entries"}))
     with pytest.raises(ValueError, match="malformed"):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from perception.datasets.box_motion import points_in_moving_box
 from perception.datasets.gt_database import GTDatabase, GTObject, write_index, write_sample_objects
 from perception.datasets.transforms import Compose, GTSampling, PointShuffle
 from perception.ops.iou3d import boxes_iou_bev
@@ -123,7 +124,13 @@ def test_removes_scene_points_inside_pasted_boxes(tmp_path: Path) -> None:
     assert counts.tolist() == [e.num_points for e in stored]  # only the pasted object's own points remain
     scene_idx, scene_counts = points_in_boxes(s.points.tensor, new_boxes)
     assert int(scene_counts.sum()) > 0  # there were scene points to remove
-    assert len(out.points) == len(s.points) - int((scene_idx >= 0).sum()) + sum(e.num_points for e in stored)
+    # removed: those inside a pasted box, and (multi-sweep cloud, boxes with velocity) those inside one at their
+    # own time, the trail of an object moving at 1.5, -0.5 m/s (box_motion)
+    xyz, lag = s.points.tensor[:, :3].numpy(), s.points.channel("time_lag").numpy()
+    trail = np.logical_or.reduce([points_in_moving_box(xyz, lag, b) for b in new_boxes.numpy()])
+    cleared = torch.from_numpy(trail) | (scene_idx >= 0)
+    assert int((cleared & (scene_idx < 0)).sum()) > 0  # the trails reach beyond the boxes
+    assert len(out.points) == len(s.points) - int(cleared.sum()) + sum(e.num_points for e in stored)
     # the pasted points are the stored ones moved to the box centre, with their stored channels (time_lag 0.25)
     first = db.load(stored[0])
     expected = first.points.copy()
@@ -131,8 +138,8 @@ def test_removes_scene_points_inside_pasted_boxes(tmp_path: Path) -> None:
     got = out.points.tensor[idx == 0].numpy()
     np.testing.assert_allclose(got[np.lexsort(got.T)], expected[np.lexsort(expected.T)], atol=1e-6)
     assert set(out.points.channel("time_lag")[idx >= 0].tolist()) == {0.25}
-    # the scene points outside the pasted boxes are unchanged and keep their order
-    assert torch.equal(out.points.tensor[: int((scene_idx < 0).sum())], s.points.tensor[scene_idx < 0])
+    # the other scene points are unchanged and keep their order
+    assert torch.equal(out.points.tensor[: int((~cleared).sum())], s.points.tensor[~cleared])
 
 
 def test_remove_extra_width(tmp_path: Path) -> None:

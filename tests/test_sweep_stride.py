@@ -65,6 +65,30 @@ def test_infos_hold_the_chain_and_the_database_the_picked_clouds(root: Path) -> 
     assert set(lags.tolist()) <= {0.0, 0.1, 0.2} and len(lags) == 3
 
 
+def test_database_objects_keep_their_trails(root: Path) -> None:
+    """Each object's crop is the multi-sweep cloud's points inside its box moved back to each point's time
+    (box_motion); moving objects keep points of the older sweeps outside their keyframe box."""
+    from perception.datasets.box_motion import points_in_moving_box
+    from perception.ops.points_in_boxes import points_in_boxes
+
+    db = GTDatabase(gt_database_dir(root, VERSION, MAX_SWEEPS, STRIDE))
+    infos, _ = load_nuscenes_infos(infos_path(root, VERSION, sweep_chain(MAX_SWEEPS, STRIDE), "train"))
+    by_token = {i.token: i for i in infos}
+    outside = 0
+    for e in (e for c in db.classes for e in db.entries(c)):
+        info = by_token[e.sample_token]
+        cloud = load_lidar_points(root, info, MAX_SWEEPS, "error", STRIDE)
+        box = np.asarray(e.box, np.float32)
+        expected = cloud[points_in_moving_box(cloud[:, :3], cloud[:, 4], box)]
+        expected[:, :3] -= box[:3]
+        np.testing.assert_array_equal(db.load(e).points, expected)
+        index, _ = points_in_boxes(
+            torch.from_numpy(expected[:, :3] + box[:3]), torch.from_numpy(box[None, :7])
+        )
+        outside += int((index < 0).sum())
+    assert outside > 0  # trail points the keyframe box alone would have cut off
+
+
 def test_dataset_merges_every_strided_sweep(root: Path) -> None:
     wide = VoxelGrid((-200.0, -200.0, -50.0, 200.0, 200.0, 50.0), (0.8, 0.8, 100.0))
     chain = sweep_chain(MAX_SWEEPS, STRIDE)

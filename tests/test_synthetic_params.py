@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,28 @@ def test_generated_set_records_its_lidar_and_other_beams_are_refused(
     prepare_data(load_config(_kitti_config(tmp_path, None)))
     with pytest.raises(ValueError, match=r"HDL-64E \(64 beams\), but .* HDL-64E/16"):
         prepare_data(load_config(_kitti_config(tmp_path, 16)))
+
+
+def test_a_gt_database_of_another_format_version_is_built_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+
+    from perception.config import load_config
+    from perception.datasets.gt_database import FORMAT_VERSION, INDEX_NAME, GTDatabase, index_format_version
+    from perception.engine.data import _gt_database_dir, prepare_data
+
+    cfg = load_config(_kitti_config(tmp_path, 8))
+    prepare_data(cfg)
+    db_dir = _gt_database_dir(cfg)
+    index = db_dir / INDEX_NAME
+    data = json.loads(index.read_text())
+    data["format_version"] = FORMAT_VERSION - 1  # as an older checkout wrote it
+    index.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="format_version"):
+        GTDatabase(db_dir)
+    with caplog.at_level(logging.INFO, logger="perception"):
+        prepare_data(cfg)
+    assert f"format version {FORMAT_VERSION - 1}, this code writes {FORMAT_VERSION}" in caplog.text
+    assert index_format_version(db_dir) == FORMAT_VERSION and len(GTDatabase(db_dir)) > 0
+    assert index_format_version(tmp_path / "nowhere") is None

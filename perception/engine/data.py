@@ -115,11 +115,16 @@ def prepare_data(cfg: ExperimentConfig, *, workers: int = 0, progress: bool = Fa
 
         logger.info("generating a synthetic %s data set in %s", cfg.synthetic.format, root)
         generate(synthetic_params(cfg), root)
-    if (
-        all(_infos_file(cfg, split).is_file() for split in ("train", "val"))
-        and _gt_database_dir(cfg).is_dir()
-    ):
+    from perception.datasets.gt_database import FORMAT_VERSION, index_format_version
+
+    db_version = index_format_version(_gt_database_dir(cfg))
+    if all(_infos_file(cfg, split).is_file() for split in ("train", "val")) and db_version == FORMAT_VERSION:
         return
+    if db_version is not None and db_version != FORMAT_VERSION:
+        logger.info(
+            "the GT database in %s has format version %s, this code writes %d: building it again",
+            _gt_database_dir(cfg), db_version, FORMAT_VERSION,
+        )  # fmt: skip
     logger.info("creating info files and the GT database in %s", root)
     if d.dataset == "nuscenes":
         from perception.datasets.nuscenes_infos import create_nuscenes_infos

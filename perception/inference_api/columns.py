@@ -16,13 +16,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from perception.config_schema import DataConfig
+from perception.structures import TIME_LAG
 
 __all__ = ["DEFAULT_COLUMNS", "TIME_LAG", "check_columns", "map_columns", "model_point_channels"]
 
 #: The column layout assumed for an array when none is declared (KITTI's, and the first four of every format).
 DEFAULT_COLUMNS: tuple[str, ...] = ("x", "y", "z", "intensity")
-#: The channel that carries a point's sweep time (seconds before the keyframe).
-TIME_LAG = "time_lag"
 
 
 def model_point_channels(data: DataConfig) -> tuple[str, ...]:
