@@ -4,9 +4,9 @@
     python benchmarks/bench_learning.py [--budget-min 30] [--evals 4] [--config configs/demo_detector.yaml]
                                          [--val-seed 1] [--out output/bench_learning]
 
-1. Set-up (not counted as training time): the config's synthetic nuScenes-mini train set is generated when
+1. Set-up (not counted as training time): the config's synthetic train set is generated when
    missing, and a *fresh* synthetic data set with another seed (``--val-seed``) is generated in ``OUT/val_data``;
-   its ``mini_val`` scenes are the evaluation split.
+   its val scenes (``mini_val`` or ``val``, by the data version) are the evaluation split.
 2. Calibration: ``tools/train.py`` runs 4, 24 and again 4 iterations in throw-away runs (the second short one,
    with numba's kernel cache filled, is the one timed) to measure seconds per iteration;
    the number of epochs is chosen so that the whole one-cycle schedule fits into ``--budget-min`` (``--epochs``
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--budget-min must be > 0 and --evals >= 1")
 
     from perception.config import load_config
-    from perception.engine.data import prepare_data
+    from perception.engine.data import eval_set_name, prepare_data
     from perception.engine.paths import FileIdentity, result_name
 
     out = args.out.absolute()
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     table = _table(rows, header=True)
     intro = (
         f"{args.config.name}: batch {cfg.train.batch_size}, {epochs} epochs x {iters_per_epoch} iterations, "
-        f"{os.cpu_count()} CPU cores, torch threads {_threads()}; val: fresh synthetic mini_val (seed {args.val_seed})"
+        f"{os.cpu_count()} CPU cores, torch threads {_threads()}; val: fresh synthetic {eval_set_name(cfg, 'val')} (seed {args.val_seed})"
     )
     (out / "bench_learning.md").write_text(intro + "\n\n" + table + "\n", encoding="utf-8")
     print("\n" + intro + "\n\n" + table)

@@ -221,7 +221,8 @@ class GTSampling:
         removal[:, 3:6] += torch.tensor(self.remove_extra_width)
         inside, _ = points_in_boxes(scene.detach().cpu(), removal[:, :7].contiguous())
         hit = (inside >= 0).numpy()
-        if TIME_LAG in sample.points.channels and removal.shape[1] >= 9:  # and the trails, at each point's time
+        # and the trails: each point tested at its own time
+        if TIME_LAG in sample.points.channels and removal.shape[1] >= 9:
             xyz = scene[:, :3].detach().cpu().numpy()
             lag = sample.points.channel(TIME_LAG).detach().cpu().numpy()
             for box in removal[:, :9].numpy():

@@ -202,8 +202,11 @@ def test_detect_and_score_rejects_bad_inputs(tmp_path: Path) -> None:
 
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         detect_and_score(tmp_path / "none.pth", DETECTOR_CONFIG, tmp_path, tmp_path)
-    with pytest.raises(FileNotFoundError, match="v1.0-mini"):
+    with pytest.raises(FileNotFoundError, match="holds no v1.0-trainval data set"):  # its own layout
         detect_and_score(CHECKPOINT, DETECTOR_CONFIG, tmp_path / "empty", tmp_path)
+    with pytest.raises(FileNotFoundError, match="holds no v1.0-mini data set"):  # as the demo calls it
+        detect_and_score(CHECKPOINT, DETECTOR_CONFIG, tmp_path / "empty", tmp_path,
+                         overrides=["data.version=v1.0-mini", "synthetic=null"])  # fmt: skip
 
 
 def test_demo_sample_has_the_configs_sweep_count(demo_run: tuple[Path, Path, str]) -> None:

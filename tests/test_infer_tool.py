@@ -182,7 +182,7 @@ def test_visualize_checkpoint_on_a_dataset(tmp_path: Path, monkeypatch, capsys) 
                     "--sweep-stride", "9", "--no-gt-database", "--quiet"], check=True, capture_output=True)  # fmt: skip
     out = tmp_path / "pics"
     argv = ["--data", str(REPO / "checkpoints" / "demo_detector.yaml"), "--set", f"data.root={root}",
-            "--ckpt", str(CHECKPOINT), "--device", "cpu", "--headless", str(out), "--limit", "1"]  # fmt: skip
+            "data.version=v1.0-mini", "synthetic=null", "--ckpt", str(CHECKPOINT), "--device", "cpu", "--headless", str(out), "--limit", "1"]  # fmt: skip
     assert _tool("visualize").main(argv) == 0
     pics = sorted(out.glob("*_bev.png"))
     assert len(pics) == 1 and np.asarray(Image.open(pics[0]).convert("RGB")).std() > 5

@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         f"\ndetecting with {args.checkpoint} ({det_cfg.name}) on the {version} validation split ...",
         flush=True,
     )
-    found = detect_and_score(args.checkpoint, det_cfg, root, args.out)
+    # on the demo data, generated above: its version (the detector may have been trained on another split layout,
+    # e.g. v1.0-trainval) and no synthetic section (nothing more to generate)
+    found = detect_and_score(
+        args.checkpoint, det_cfg, root, args.out, overrides=[f"data.version={version}", "synthetic=null"]
+    )
     m = found.metrics
     n_dets = sum(len(d.scores) for d in found.detections.values())
     print(
