@@ -36,23 +36,21 @@ def points_in_moving_box(xyz: np.ndarray, time_lag: np.ndarray | None, box: np.n
     box = np.asarray(box, dtype=np.float32).reshape(-1)
     if xyz.ndim != 2 or xyz.shape[1] != 3 or box.shape[0] not in (7, 9):
         raise ValueError(f"xyz must be (N, 3) and box (7,) or (9,), got {xyz.shape} and {box.shape}")
-    moved = xyz
-    reach = 0.0
+    lag, v, reach = None, None, 0.0
     if time_lag is not None and box.shape[0] == 9:
         lag = np.asarray(time_lag, dtype=np.float32).reshape(-1)
         if lag.shape[0] != xyz.shape[0]:
             raise ValueError(f"time_lag must be ({xyz.shape[0]},), got {lag.shape}")
         v = np.where(np.isfinite(box[7:9]), box[7:9], 0.0).astype(np.float32)
-        if v.any():
-            moved = xyz.copy()
-            moved[:, :2] += lag[:, None] * v[None, :]
-            reach = float(np.abs(v).max() * max(float(lag.max(initial=0.0)), 0.0))
+        reach = float(np.abs(v).max() * np.abs(lag).max(initial=0.0))
+    # only the points within the box's radius plus the farthest it moves are tested (and moved)
     radius = 0.5 * float(np.linalg.norm(box[3:6])) + 1e-3
     near = np.flatnonzero(np.abs(xyz - box[:3]).max(axis=1) <= radius + reach)
     out = np.zeros(len(xyz), dtype=bool)
     if len(near):
-        index, _ = points_in_boxes(
-            torch.from_numpy(np.ascontiguousarray(moved[near])), torch.from_numpy(box[None, :7].copy())
-        )
+        moved = xyz[near]
+        if reach > 0.0 and lag is not None and v is not None:
+            moved[:, :2] += lag[near, None] * v[None, :]
+        index, _ = points_in_boxes(torch.from_numpy(moved), torch.from_numpy(box[None, :7].copy()))
         out[near[index.numpy() == 0]] = True
     return out

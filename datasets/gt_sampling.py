@@ -12,8 +12,8 @@ repeated for the classes still short of their target (OpenPCDet: one round).
 For the accepted objects the scene's points inside their boxes (enlarged by ``remove_extra_width``) are removed
 (:func:`perception.ops.points_in_boxes.points_in_boxes`; in a multi-sweep cloud with a ``time_lag`` channel and
 boxes with velocity also those inside a box at their own time, :mod:`perception.datasets.box_motion`, the rule
-the database cut the objects by, so a pasted object's trail replaces the scene there), the objects' points are moved from box-relative to
-LiDAR coordinates and appended (their channels picked by name from the database's channels; ``time_lag`` is kept
+the database cut the objects by, so a pasted object's trail replaces the scene there), the objects' points are
+moved from box-relative to LiDAR coordinates and appended (their channels picked by name from the database's channels; ``time_lag`` is kept
 as stored), and the boxes and labels are appended after the existing ones.
 
 The "fade": ``set_epoch(epoch)`` switches the transform off (identity) from ``stop_epoch`` on, e.g. for the last

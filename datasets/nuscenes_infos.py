@@ -11,8 +11,8 @@ scans of the chain, ``N = M`` at stride 1; file names, the record and the file f
   keyframe's LiDAR frame, channels ``x y z intensity time_lag``), so
   pasted objects look like the scans they are pasted into; unlike OpenPCDet, each point is tested against the box
   moved back along its velocity to the point's time (:mod:`perception.datasets.box_motion`), so a moving object
-  keeps the trail its older sweeps leave behind the keyframe box (the cue its velocity is learned from). Annotations of categories outside the ten detection
-  classes are not stored;
+  keeps the trail its older sweeps leave behind the keyframe box (the cue its velocity is learned from).
+  Annotations of categories outside the ten detection classes are not stored;
 * ``.perception_cache/`` -- per-sample part files that make an interrupted run resumable (safe to delete),
   one folder per split and settings (version, sweeps, GT database or not). A sample's part is reused only while
   every devkit record its info was built from is unchanged -- the sample, the LiDAR, sweep and camera
@@ -50,6 +50,7 @@ from perception.formats.nuscenes_infos import (
 )
 from perception.formats.nuscenes_names import NUSCENES_POINT_CHANNELS
 from perception.formats.nuscenes_points import load_lidar_points, pick_sweeps, sweep_chain
+from perception.structures import TIME_LAG
 
 from .gt_database import GTDatabaseEntry, GTObject, write_sample_objects
 from .info_split import SampleInputs, SplitStats, build_split, inputs_digest, record_digester, task_result
@@ -107,7 +108,7 @@ def _sample_task(
     if db_dir is not None:
         keep = info.gt_names != IGNORE
         points = load_lidar_points(Path(root), info, max_sweeps, sweep_stride=sweep_stride)
-        crops = crop_box_points(points, info.gt_boxes[keep], NUSCENES_POINT_CHANNELS.index("time_lag"))
+        crops = crop_box_points(points, info.gt_boxes[keep], NUSCENES_POINT_CHANNELS.index(TIME_LAG))
         objects = [
             GTObject(str(name), box.copy(), pts, 0, token)
             for name, box, pts in zip(info.gt_names[keep], info.gt_boxes[keep], crops, strict=True)
