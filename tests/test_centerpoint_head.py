@@ -572,6 +572,40 @@ def test_defaults_follow_centerpoint() -> None:
     assert head.task_classes == ((0,), (1, 2), (3, 4), (5,), (6, 7), (8, 9))
 
 
+def test_branch_negative_slope_keeps_a_switched_off_branch_learning() -> None:
+    """``branch_negative_slope``: LeakyReLU in the hidden layers of the regression branches (the heatmap keeps
+    ReLU; 0, the default, is CenterPoint's ReLU everywhere). With every hidden unit of a velocity branch switched
+    off at the object centres (here: batch norm's shift pushed far below zero), ReLU passes no gradient to the
+    branch's hidden layer, so it can never learn; LeakyReLU still does. The same random initialisation, scaled by
+    Kaiming's gain for the slope."""
+    relu, leaky = make_head(), make_head(branch_negative_slope=0.1)
+    for task in relu.task_heads:
+        assert all(not isinstance(m, torch.nn.LeakyReLU) for m in task.modules())
+    for task in leaky.task_heads:
+        assert isinstance(task.heatmap.layers[2], torch.nn.ReLU)
+        for branch in (task.offset, task.height, task.log_dims, task.rot, task.velocity):
+            assert isinstance(branch.layers[2], torch.nn.LeakyReLU) and branch.layers[2].negative_slope == 0.1
+    gain = math.sqrt(1.0 / (1.0 + 0.1**2))  # Kaiming's leaky_relu gain over ReLU's, the same random draws
+    for (name, a), b in zip(relu.named_parameters(), leaky.parameters(), strict=True):
+        scaled = name.startswith("task_heads.") and ".heatmap." not in name and a.dim() == 4
+        torch.testing.assert_close(b, a * gain if scaled else a, rtol=1e-6, atol=0.0)
+    assert isinstance(make_head(branch_negative_slope=0.1, shared_velocity=True).shared_velocity.layers[2],
+                      torch.nn.LeakyReLU)  # fmt: skip
+    boxes, labels = scene()
+    bev = torch.randn(2, 8, 32, 32, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for head in (relu, leaky):
+        for task in head.task_heads:
+            torch.nn.init.constant_(task.velocity.layers[1].bias, -100.0)  # every hidden unit off everywhere
+        sum(head.loss(head(bev), boxes, labels).values()).backward()
+        grads.append([task.velocity.layers[0].weight.grad for task in head.task_heads])
+    assert all(g is None or float(g.abs().sum()) == 0.0 for g in grads[0])
+    assert all(g is not None and float(g.abs().sum()) > 0.0 for g in grads[1])
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="branch_negative_slope"):
+            make_head(branch_negative_slope=bad)
+
+
 def test_initial_heatmap_loss_is_that_of_the_prior() -> None:
     # CenterPoint's initialisation: heatmap logits start near the -2.19 prior bias (sigmoid ~ 0.1), so the first
     # focal loss is a few units per task here (one or two objects per task), not 500-6500 as with Kaiming fan-out
@@ -590,17 +624,21 @@ def test_initial_heatmap_loss_is_that_of_the_prior() -> None:
 
 
 @pytest.mark.parametrize(
-    ("num_head_convs", "shared_velocity"), [(1, False), (2, False), (3, False), (2, True), (3, True)]
-)
+    ("num_head_convs", "shared_velocity", "slope"),
+    [(1, False, 0.0), (2, False, 0.0), (3, False, 0.0), (2, True, 0.0), (3, True, 0.0), (3, False, 0.1),
+     (2, True, 0.1)],
+)  # fmt: skip
 def test_predict_at_peaks_equals_decoding_the_dense_outputs(
-    num_head_convs: int, shared_velocity: bool
+    num_head_convs: int, shared_velocity: bool, slope: float
 ) -> None:
     """``predict`` runs the regression branches on patches around the peaks only: the same detections as
     ``decode(head(bev))``, including peaks on the map's borders and corners (every cell is a top-K peak here, and
-    the batch norms have non-trivial running statistics); with one shared velocity branch too."""
+    the batch norms have non-trivial running statistics); with one shared velocity branch too, and with LeakyReLU
+    branches (``branch_negative_slope``)."""
     head = make_head(
         num_head_convs=num_head_convs,
         shared_velocity=shared_velocity,
+        branch_negative_slope=slope,
         decode={"top_k": 32 * 32 * 2, "score_threshold": 0.0},
     )
     for m in head.modules():

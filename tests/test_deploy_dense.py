@@ -187,3 +187,25 @@ def test_transfusion_head_exports(tmp_path: Path) -> None:
             assert len(a) == len(c)
             oa, oc = torch.argsort(a.boxes.tensor[:, 0]), torch.argsort(c.boxes.tensor[:, 0])
             torch.testing.assert_close(c.boxes.tensor[oc], a.boxes.tensor[oa], atol=1e-4, rtol=0)
+
+
+def test_leaky_relu_branches_export(tmp_path: Path) -> None:
+    """A CenterPoint head with LeakyReLU regression branches (``branch_negative_slope``) exports to operators the
+    TensorRT parser takes, and onnxruntime gives torch's outputs (max abs error <= 1e-4)."""
+    from perception.config import load_config
+    from perception.models.build import build_detector
+
+    cfg = load_config(
+        REPO / "configs" / "demo_detector.yaml", ["model.head.centerpoint.branch_negative_slope=0.1"]
+    )
+    torch.manual_seed(0)
+    model = build_detector(cfg.model, cfg.data).eval()
+    manifest = export_dense(model, tmp_path, config=cfg, max_batch=1)
+    assert "LeakyRelu" in manifest.operators and set(manifest.operators) <= TENSORRT_OPS
+    stage = DenseStage(model).eval()
+    bev = torch.randn(1, *stage.input_shape, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = stage(bev)
+    got = _session(tmp_path).run(None, {"bev": bev.numpy()})
+    for name, r, g in zip(stage.output_names, ref, got, strict=True):
+        assert float((torch.from_numpy(g) - r).abs().max()) <= 1e-4, name

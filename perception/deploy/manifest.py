@@ -28,9 +28,9 @@ OPSET = 18
 TENSORRT_OPS = frozenset(
     {
         "Abs", "Add", "And", "ArgMax", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat",
-        "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "DequantizeLinear", "Div", "Einsum",
-        "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherElements", "GatherND", "Gemm",
-        "Greater", "Identity", "IsNaN", "LayerNormalization", "Less", "Log", "MatMul", "Max", "MaxPool", "Min",
+        "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "DequantizeLinear", "Div", "Einsum", "Equal",
+        "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherElements", "GatherND", "Gemm", "Greater",
+        "Identity", "IsNaN", "LayerNormalization", "LeakyRelu", "Less", "Log", "MatMul", "Max", "MaxPool", "Min",
         "Mod", "Mul", "Neg", "Not", "Or", "Pad", "Pow", "QuantizeLinear", "ReduceMax", "ReduceMean", "ReduceSum",
         "Relu", "Reshape", "Resize", "ScatterND", "Shape", "Sigmoid", "Sin", "Slice", "Softmax", "Split", "Sqrt",
         "Squeeze", "Sub", "Tanh", "Tile", "TopK", "Transpose", "Unsqueeze", "Where",

@@ -102,13 +102,16 @@ class CenterPointOutput:
 
 
 class SeparateHead(nn.Module):
-    """One prediction branch: ``num_convs - 1`` x (conv3x3-BN-ReLU), then conv3x3 with bias.
+    """One prediction branch: ``num_convs - 1`` x (conv3x3-BN-ReLU or LeakyReLU), then conv3x3 with bias.
 
     Args:
         in_channels: input channels.
         out_channels: output channels.
         head_channels: width of the hidden convolutions.
         num_convs: total number of convolutions, ``>= 1``.
+        negative_slope: 0: ReLU after each hidden convolution (CenterPoint); above 0: LeakyReLU with this slope,
+            so that a hidden unit switched off at every object centre of a task still passes a gradient (see
+            ``CenterPointConfig.branch_negative_slope``).
         final_bias: ``None``: a regression branch; every convolution gets Kaiming-normal weights (fan-in) and the
             last one a zero bias. A float: the heatmap branch; PyTorch's default initialisation, and this bias on
             the last convolution (as CenterPoint: Kaiming-normal fan-out weights here gave initial logits of a
@@ -125,17 +128,20 @@ class SeparateHead(nn.Module):
         head_channels: int,
         num_convs: int,
         final_bias: float | None,
+        negative_slope: float = 0.0,
     ) -> None:
         super().__init__()
         if num_convs < 1:
             raise ValueError(f"num_convs must be >= 1, got {num_convs}")
+        if not 0.0 <= negative_slope < 1.0:
+            raise ValueError(f"negative_slope must be in [0, 1), got {negative_slope}")
         layers: list[nn.Module] = []
         c = in_channels
         for _ in range(num_convs - 1):
             layers += [
                 nn.Conv2d(c, head_channels, 3, padding=1, bias=False),
                 nn.BatchNorm2d(head_channels),
-                nn.ReLU(),
+                nn.LeakyReLU(negative_slope) if negative_slope > 0 else nn.ReLU(),
             ]
             c = head_channels
         final = nn.Conv2d(c, out_channels, 3, padding=1, bias=True)
@@ -144,7 +150,9 @@ class SeparateHead(nn.Module):
         if final_bias is None:
             for m in self.layers:
                 if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                    nn.init.kaiming_normal_(
+                        m.weight, negative_slope, mode="fan_in", nonlinearity="leaky_relu"
+                    )
         assert final.bias is not None
         nn.init.constant_(final.bias, 0.0 if final_bias is None else final_bias)
 
@@ -173,7 +181,7 @@ def branches_at_cells(
     zero padding of each hidden map does. Batch norm must be in eval mode (running statistics), as at inference.
 
     Args:
-        branches: branches of equal depth and structure (conv3x3 [-BN-ReLU] ... conv3x3).
+        branches: branches of equal depth and structure (conv3x3 [-BN-ReLU or LeakyReLU] ... conv3x3; one slope).
         x: ``(B, C, H, W)`` their input.
         sample / rows / cols: int64 ``(N,)`` cells of ``x``.
 
@@ -182,7 +190,9 @@ def branches_at_cells(
     """
     layers = [list(b.layers) for b in branches]
     if len({len(ls) for ls in layers}) != 1 or any(
-        type(m) is not type(n) for ls in layers for m, n in zip(ls, layers[0], strict=True)
+        type(m) is not type(n) or getattr(m, "negative_slope", 0.0) != getattr(n, "negative_slope", 0.0)
+        for ls in layers
+        for m, n in zip(ls, layers[0], strict=True)
     ):
         raise ValueError("branches_at_cells needs branches of the same structure")
     _, _, h, w = x.shape
@@ -213,8 +223,10 @@ def branches_at_cells(
                 for name in ("running_mean", "running_var", "weight", "bias")
             )
             y = nn.functional.batch_norm(y, mean, var, gamma, beta, False, 0.0, first.eps)
-        elif isinstance(first, nn.ReLU):  # the end of a hidden layer: zero where forward's padding is
-            y = torch.relu(y) * inside[:, None, done : size - done, done : size - done].to(y.dtype)
+        elif isinstance(
+            first, (nn.ReLU, nn.LeakyReLU)
+        ):  # a hidden layer's end: zero where forward's padding is
+            y = first(y) * inside[:, None, done : size - done, done : size - done].to(y.dtype)
         else:
             raise TypeError(f"branches_at_cells does not know {type(first).__name__}")
     return y[:, :, 0, 0][inverse]
@@ -236,7 +248,14 @@ def _fused_conv_weight(weights: Sequence[torch.Tensor], shared_input: bool) -> t
 
 class _TaskHead(nn.Module):
     def __init__(
-        self, *, in_channels: int, num_classes: int, head_channels: int, num_convs: int, velocity: bool
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        head_channels: int,
+        num_convs: int,
+        velocity: bool,
+        negative_slope: float,
     ):
         super().__init__()
 
@@ -247,6 +266,7 @@ class _TaskHead(nn.Module):
                 head_channels=head_channels,
                 num_convs=num_convs,
                 final_bias=bias,
+                negative_slope=0.0 if bias is not None else negative_slope,  # the heatmap keeps ReLU
             )
 
         self.heatmap = branch(num_classes, HEATMAP_PRIOR_BIAS)
@@ -334,6 +354,7 @@ class CenterPointHead(nn.Module):
                 head_channels=config.head_channels,
                 num_convs=config.num_head_convs,
                 velocity=config.with_velocity and not config.shared_velocity,
+                negative_slope=config.branch_negative_slope,
             )
             for t in self.task_names
         )
@@ -344,6 +365,7 @@ class CenterPointHead(nn.Module):
                 head_channels=config.head_channels,
                 num_convs=config.num_head_convs,
                 final_bias=None,
+                negative_slope=config.branch_negative_slope,
             )
             if config.shared_velocity
             else None

@@ -140,6 +140,12 @@ class CenterPointConfig(StrictSection):
             as CenterPoint). Motion is seen the same way whatever the class (the older sweeps' points trail the
             object), so every task's centres train the one branch and the rare classes use what the frequent
             ones teach; with a short training, the per-task branches of rare classes stay near zero.
+        branch_negative_slope: 0 (default): ReLU in the hidden layers of the regression branches, as CenterPoint;
+            above 0: LeakyReLU with this slope (the heatmap branches keep ReLU). With ReLU, a small head trained
+            briefly can switch every hidden unit of a branch off at all the centres of a task (batch norm's
+            statistics come from the whole, mostly empty map); the branch then outputs its bias there, gets no
+            gradient and never recovers: the demo detector's bus / trailer velocity branch did, 0/32 units active
+            at their centres and exactly 0 m/s predicted (``benchmarks/check_velocity.py``).
         code_weights: ``D`` (10, or 8 without velocity) weights of the regression columns in ``CODE_NAMES`` order;
             ``None``: 1 for all, 0.2 for the velocities (:attr:`code_weight_values`).
         heatmap_weight: weight of the heatmap focal loss (1.0).
@@ -157,6 +163,7 @@ class CenterPointConfig(StrictSection):
     num_head_convs: PosInt = 2
     with_velocity: Bool = True
     shared_velocity: Bool = False
+    branch_negative_slope: Annotated[float, Strict(), Field(ge=0, lt=1)] = 0.0
     code_weights: tuple[NonNegFloat, ...] | None = None
     heatmap_weight: NonNegFloat = 1.0
     bbox_weight: NonNegFloat = 0.25
